@@ -1,0 +1,38 @@
+"""Shared test settings: the device parameter and the one table of tolerances (DESIGN.md s. 9)."""
+import numpy as np
+import pytest
+
+from minideeplab.device import gpu_available
+
+# Relative tolerances of a result against an independent reference.
+TOL = {
+    np.dtype("float64"): dict(rtol=1e-10, atol=1e-12),
+    # float32 forward; a sum of k terms grows the rounding error like sqrt(k) * 6e-8.
+    np.dtype("float32"): dict(rtol=1e-5, atol=1e-6),
+    # float32 long reductions (BN statistics, convolutions over hundreds of taps).
+    "float32_long": dict(rtol=1e-4, atol=1e-5),
+}
+
+DEVICES = ["cpu", "emu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="no GPU visible to CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def assert_close(actual, expected, dtype=None, kind=None):
+    """Compare with the tolerance of ``dtype`` (or of ``kind``, a key of TOL)."""
+    from minideeplab.device import get_device
+    actual = get_device("cpu").asarray(actual)
+    key = kind or np.dtype(dtype or actual.dtype)
+    np.testing.assert_allclose(actual, np.asarray(expected), **TOL[key])
