@@ -1,0 +1,80 @@
+"""SGD with momentum and weight decay, and the "poly" schedule (paper Sec. 4; DESIGN.md s. 7)."""
+import numpy as np
+
+from .device import get_device
+
+
+def poly_lr(base_lr, it, max_it, power=0.9):
+    """The paper's "poly" policy: base_lr * (1 - it / max_it) ** power (0 from it = max_it on)."""
+    return base_lr * max(0.0, 1.0 - it / max_it) ** power
+
+
+def _is_1d(p):
+    return p.ndim <= 1
+
+
+class SGD:
+    """buf = momentum * buf + (grad + wd * p);  p -= lr * (buf, or grad + momentum * buf with
+    Nesterov) -- PyTorch's form, the same as TF's MomentumOptimizer used by the official code.
+
+    Weight decay skips every parameter for which ``no_decay(p)`` is true; by default those with
+    ``ndim <= 1`` (BN gamma/beta and conv biases), as is usual: shrinking them towards 0 fights
+    normalisation rather than regularising. Pass ``no_decay=lambda p: False`` to decay all.
+    ``lr`` is a plain attribute: set ``opt.lr = poly_lr(...)`` before each step.
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, no_decay=_is_1d):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("SGD got an empty parameter list")
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay} "
+                             "must all be >= 0")
+        self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
+        self.decay = [not no_decay(p) for p in self.params]
+        self.buffers = [None] * len(self.params)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        """Update every parameter that has a gradient, in place (views held elsewhere stay valid)."""
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = p.grad + self.weight_decay * p.data if self.decay[i] and self.weight_decay else p.grad
+            if self.momentum:
+                if self.buffers[i] is None:
+                    self.buffers[i] = p.device.xp.zeros_like(p.data)
+                buf = self.buffers[i]
+                buf *= self.momentum
+                buf += g
+                g = g + self.momentum * buf if self.nesterov else buf
+            p.data -= self.lr * g
+
+    def state_dict(self):
+        """Flat dict of NumPy values (fits an ``.npz``): hyper-parameters and ``buf.<i>``, the
+        momentum buffer of ``params[i]`` (absent until its first step)."""
+        state = {"lr": np.float64(self.lr), "momentum": np.float64(self.momentum),
+                 "weight_decay": np.float64(self.weight_decay), "nesterov": np.bool_(self.nesterov)}
+        cpu = get_device("cpu")
+        state.update({f"buf.{i}": cpu.asarray(b).copy() for i, b in enumerate(self.buffers)
+                      if b is not None})
+        return state
+
+    def load_state_dict(self, state):
+        buffers = [None] * len(self.params)
+        for key, value in state.items():
+            if not key.startswith("buf."):
+                continue
+            i = int(key[4:])
+            if i >= len(self.params) or np.shape(value) != self.params[i].shape:
+                shape = self.params[i].shape if i < len(self.params) else "no such parameter"
+                raise ValueError(f"SGD.load_state_dict: {key} has shape {np.shape(value)}, "
+                                 f"parameter: {shape}")
+            # A copy: the buffers are updated in place and must not alias the caller's state.
+            buffers[i] = self.params[i].device.asarray(np.array(value, dtype=self.params[i].dtype))
+        self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
+        self.weight_decay, self.nesterov = float(state["weight_decay"]), bool(state["nesterov"])
+        self.buffers = buffers
