@@ -79,9 +79,7 @@ class CUDA(Device):
         return load_module(family, dtype)
 
     def launch(self, module, kernel, grid, block, args):
-        from .kernels.loader import c_args
-        fn = module.get_function(kernel)
-        fn(_dim3(grid), _dim3(block), c_args(module.signatures[kernel], args))
+        module.launch(kernel, _dim3(grid), _dim3(block), args)
 
 
 class Emu(Device):

@@ -1,0 +1,18 @@
+// ReLU (DESIGN.md s. 3), forward y = max(x, 0) and backward gx = gy where y > 0, else 0.
+// One thread: elements i, i + stride, i + 2 stride, ... of a grid-stride loop
+//   (i = its global index, stride = gridDim.x * blockDim.x), so any grid covers any n.
+// Launch: 1-D, grid_1d(n) blocks of 256 threads (kernels/__init__.py).
+// Bytes per output element: forward reads 1 real, writes 1; backward reads 2 (y, gy), writes 1.
+// No __restrict__: an op may run in place (y == x, gx == gy).
+
+extern "C" __global__ void relu_forward(const real* x, real* y, long long n) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    y[i] = x[i] > (real)0 ? x[i] : (real)0;
+}
+
+extern "C" __global__ void relu_backward(const real* y, const real* gy, real* gx, long long n) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    gx[i] = y[i] > (real)0 ? gy[i] : (real)0;
+}

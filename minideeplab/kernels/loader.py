@@ -1,0 +1,186 @@
+"""Kernel sources: signatures, argument checks and the ``cuda`` module cache (DESIGN.md s. 3).
+
+Both kernel devices read a ``.cu`` file through this module: ``cuda`` compiles it with NVRTC into a
+``cupy.RawModule``, ``emu`` (``emu/runner.py``) with g++; both take their argument types from
+``parse`` and check arguments with ``convert_args``, so a launch that is wrong on one is wrong on both.
+CuPy is imported only inside the functions that need it.
+"""
+import re
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).resolve().parent
+_REALS = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
+            "long long": np.int64, "unsigned long long": np.uint64, "unsigned char": np.uint8}
+
+# ctype: the C type as the wrapper spells it ("const real*"); dtype: the NumPy type it takes.
+Param = namedtuple("Param", "name ctype dtype pointer const")
+# syncs: the kernel may reach __syncthreads (the emulator then runs its threads as fibers).
+Kernel = namedtuple("Kernel", "name params syncs")
+
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?'
+                     r'void\s+(\w+)\s*\(([^)]*)\)\s*\{')
+_PARAM = re.compile(r"^(const\s+)?([a-z ]+?)\s*(\*?)\s*(?:const\s+)?(\w+)$")
+
+
+def real_name(dtype):
+    """The C type that ``-Dreal=`` gets for a NumPy dtype."""
+    if np.dtype(dtype) not in _REALS:
+        raise ValueError(f"kernels take float32 or float64 arrays, got {np.dtype(dtype)}")
+    return _REALS[np.dtype(dtype)]
+
+
+def source_path(family):
+    """``kernels/<family>.cu``, or ``family`` itself when it is a path to a ``.cu`` file."""
+    path = Path(family) if str(family).endswith(".cu") else KERNEL_DIR / f"{family}.cu"
+    if not path.is_file():
+        raise ValueError(f"no kernel source {path}")
+    return path.resolve()
+
+
+def strip_comments(source):
+    return re.sub(r"//[^\n]*|/\*.*?\*/", " ", source, flags=re.S)
+
+
+def parse(source, real, filename="<source>"):
+    """The ``extern "C" __global__`` kernels of ``source``: name -> Kernel, ``real`` bound."""
+    code = strip_comments(source)
+    kernels, bodies = {}, []
+    for m in _KERNEL.finditer(code):
+        depth, end = 1, m.end()
+        while depth:
+            if end == len(code):
+                raise ValueError(f"{filename}: unbalanced braces in kernel {m[1]}")
+            depth += {"{": 1, "}": -1}.get(code[end], 0)
+            end += 1
+        bodies.append((m.end(), end))
+        params = [_param(filename, m[1], p, real) for p in m[2].split(",") if p.strip()]
+        kernels[m[1]] = Kernel(m[1], params, "__syncthreads" in code[m.end():end])
+    if len(kernels) != code.count("__global__"):
+        raise ValueError(f"{filename}: every __global__ function must be written "
+                         f'`extern "C" __global__ void name(type arg, ...)`')
+    # A barrier outside every kernel body is in a __device__ helper: any kernel may call it.
+    outside = "".join(code[a:b] for a, b in zip([0] + [e for _, e in bodies],
+                                                 [s for s, _ in bodies] + [len(code)]))
+    if "__syncthreads" in outside:
+        kernels = {k: v._replace(syncs=True) for k, v in kernels.items()}
+    return kernels
+
+
+def _param(filename, kernel, text, real):
+    m = _PARAM.match(" ".join(text.replace("__restrict__", " ").split()))
+    base = m and ("real" if m[2] == "real" else m[2])
+    if not m or (base != "real" and base not in _SCALARS):
+        raise ValueError(f"{filename}: kernel {kernel}: parameter {text.strip()!r} is not "
+                         f"real, {', '.join(_SCALARS)} or a pointer to one")
+    dtype = np.dtype(_SCALARS[real] if base == "real" else _SCALARS[base])
+    return Param(m[4], f"{m[1] or ''}{base}{m[3]}", dtype, bool(m[3]), bool(m[1]))
+
+
+def convert_args(kernel, args, array_type):
+    """Check ``args`` against ``kernel``'s parameters; numbers become NumPy scalars of the C type.
+
+    Arrays must be C-contiguous ``array_type`` arrays of the parameter's dtype: the kernel indexes
+    them as flat memory and writes them in place.
+    """
+    if len(args) != len(kernel.params):
+        raise ValueError(f"kernel {kernel.name} takes {len(kernel.params)} arguments "
+                         f"({', '.join(p.name for p in kernel.params)}), got {len(args)}")
+    out = []
+    for p, a in zip(kernel.params, args):
+        where = f"kernel {kernel.name}: argument {p.name!r} ({p.ctype})"
+        if p.pointer:
+            if not isinstance(a, array_type):
+                raise ValueError(f"{where} needs a {array_type.__module__} array, "
+                                 f"got {type(a).__name__}")
+            if a.dtype != p.dtype or not a.flags.c_contiguous:
+                raise ValueError(f"{where} needs a C-contiguous {p.dtype} array, got {a.dtype} "
+                                 f"shape {a.shape}{'' if a.flags.c_contiguous else ' (strided)'}")
+            if not p.const and not getattr(a.flags, "writeable", True):
+                raise ValueError(f"{where} is written, but the array is read-only")
+            out.append(a)
+        elif p.dtype.kind == "f" and isinstance(a, (int, float, np.integer, np.floating)):
+            out.append(p.dtype.type(a))
+        elif p.dtype.kind in "iu" and isinstance(a, (int, np.integer)):
+            info = np.iinfo(p.dtype)
+            if not info.min <= int(a) <= info.max:
+                raise ValueError(f"{where}: {a} does not fit in {p.dtype}")
+            out.append(p.dtype.type(a))
+        else:
+            raise ValueError(f"{where} needs a number, got {type(a).__name__}")
+    return out
+
+
+def check_launch(kernel, grid, block):
+    """CUDA's launch limits, enforced on ``emu`` too so a launch that fails on a GPU fails there."""
+    limits = ((2**31 - 1, 65535, 65535), (1024, 1024, 64))
+    for what, dims, lim in (("grid", grid, limits[0]), ("block", block, limits[1])):
+        if len(dims) != 3 or not all(1 <= d <= m for d, m in zip(dims, lim)):
+            raise ValueError(f"kernel {kernel}: {what} {tuple(dims)} outside CUDA's limits "
+                             f"1..{lim} per dimension")
+    if block[0] * block[1] * block[2] > 1024:
+        raise ValueError(f"kernel {kernel}: block {tuple(block)} has more than 1024 threads")
+
+
+class CudaModule:
+    """A compiled ``.cu`` file on the GPU: its kernels' signatures and a checked ``launch``."""
+
+    def __init__(self, path, real, raw, kernels):
+        self.path, self.real, self.raw, self.kernels = path, real, raw, kernels
+        self._functions = {}
+
+    def launch(self, kernel, grid, block, args):
+        import cupy
+        k = _kernel(self, kernel)
+        check_launch(kernel, grid, block)
+        if kernel not in self._functions:
+            self._functions[kernel] = self.raw.get_function(kernel)
+        self._functions[kernel](grid, block, tuple(convert_args(k, args, cupy.ndarray)))
+
+
+def _kernel(module, name):
+    if name not in module.kernels:
+        raise ValueError(f"{module.path.name} has no kernel {name!r}; it has {sorted(module.kernels)}")
+    return module.kernels[name]
+
+
+_modules = {}
+
+
+def load_module(family, dtype):
+    """``kernels/<family>.cu`` compiled by NVRTC with ``-Dreal=float|double``, once per device."""
+    import cupy
+    path, real = source_path(family), real_name(dtype)
+    key = (path, real, cupy.cuda.Device().id)
+    if key not in _modules:
+        source = path.read_text()
+        kernels = parse(source, real, path.name)
+        raw = cupy.RawModule(code=source, options=(f"-Dreal={real}", "--std=c++17"))
+        try:
+            raw.compile()
+        except cupy.cuda.compiler.CompileException as e:
+            raise RuntimeError(f"{path.name} (real={real}) does not compile with NVRTC:\n{e}") from None
+        _modules[key] = CudaModule(path, real, raw, kernels)
+    return _modules[key]
+
+
+def compile_check(family, real="float", arch="compute_90"):
+    """NVRTC's log for ``family`` (a name or a ``.cu`` path); RuntimeError with the log on failure.
+
+    Needs only the NVRTC library (pip ``nvidia-cuda-nvrtc``), no GPU: CI runs it on every kernel.
+    """
+    from cupy.cuda import nvrtc
+    path = source_path(family)
+    prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [f"-Dreal={real}", f"--gpu-architecture={arch}", "--std=c++17"])
+        except nvrtc.NVRTCError:
+            raise RuntimeError(f"{path.name} (real={real}, {arch}) does not compile:\n"
+                               f"{nvrtc.getProgramLog(prog)}") from None
+        return nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)

@@ -1,0 +1,27 @@
+// Per-channel sum over N, H, W of a contiguous NCHW array: out[c] = sum_{n,h,w} x[n, c, h, w]
+// (BatchNorm's statistics and its backward, DESIGN.md s. 3).
+// One block per channel c. Thread t adds up the elements j = t, t + 256, ... of the channel's N*HW
+// values (j -> x[(j / HW) * C * HW + c * HW + j % HW], so neighbouring threads read neighbouring
+// addresses), then the block adds its 256 partial sums in a shared-memory tree. The order of every
+// addition is fixed, so the result is deterministic (no atomics).
+// Launch: grid C, block 256 (= CHANNEL_SUM_BLOCK, the size of the shared array; a power of two).
+// Bytes per output element: reads N*H*W reals, writes 1 real.
+
+#define CHANNEL_SUM_BLOCK 256
+
+extern "C" __global__ void channel_sum(const real* x, real* out, long long N, long long C, long long HW) {
+  __shared__ real partial[CHANNEL_SUM_BLOCK];
+  const long long c = blockIdx.x;
+  real s = 0;
+  for (long long j = threadIdx.x; j < N * HW; j += blockDim.x) {
+    const long long n = j / HW;
+    s += x[(n * C + c) * HW + (j - n * HW)];
+  }
+  partial[threadIdx.x] = s;
+  __syncthreads();
+  for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
+    if (threadIdx.x < k) partial[threadIdx.x] += partial[threadIdx.x + k];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[c] = partial[0];
+}
