@@ -1,8 +1,15 @@
 """Shared test settings: the device parameter and the one table of tolerances (DESIGN.md s. 9)."""
+import os
+
 import numpy as np
 import pytest
 
 from minideeplab.device import gpu_available
+
+# Kernels on emu run in checking mode in both suites (tests/, grad_checks/): an out-of-bounds
+# access or a deadlock raises instead of giving numbers (emu/runner.py). MINIDEEPLAB_EMU_CHECK=0
+# turns it off.
+os.environ.setdefault("MINIDEEPLAB_EMU_CHECK", "1")
 
 # Relative tolerances of a result against an independent reference.
 TOL = {

@@ -1,0 +1,151 @@
+"""The emulator itself (DESIGN.md s. 4): barriers, shared memory, 3-D indexing, atomics, the
+checking mode's deadlock and out-of-bounds reports, and the build cache."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minideeplab.device import get_device
+from minideeplab.emu import runner
+
+CASES = str(Path(__file__).parent / "kernels" / "emu_cases.cu")
+DTYPES = [np.float32, np.float64]
+
+
+def launch(kernel, grid, block, args, dtype=np.float64):
+    emu = get_device("emu")
+    emu.launch(emu.module(CASES, dtype), kernel, grid, block, args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_barrier_makes_the_tree_reduction_right(dtype):
+    x = np.random.default_rng(0).standard_normal(700).astype(dtype)
+    expected = np.add.reduceat(x.astype(np.float64), [0, 256, 512])
+    out = np.zeros(3, dtype)
+    launch("block_sum", 3, 256, (x, out, x.size), dtype)
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    launch("block_sum_racy", 3, 256, (x, out, x.size), dtype)
+    assert not np.allclose(out, expected, rtol=1e-3)  # so the barrier, not luck, made it right
+
+
+def test_shared_memory_is_per_block():
+    out = np.zeros(3 * 100)
+    launch("neighbour", 3, 100, (out,))
+    b, t = np.divmod(np.arange(300), 100)
+    np.testing.assert_array_equal(out, 1000 * b + (t + 1) % 100)
+
+
+def test_3d_grid_and_block_coordinates():
+    grid, block = (2, 3, 2), (4, 2, 3)
+    out = np.full((2, 3, 2, 3, 2, 4, 12), -1, np.int32)  # (gz, gy, gx, bz, by, bx, 12)
+    launch("coordinates", grid, block, (out,))
+    bz, by, bx, tz, ty, tx = np.indices(out.shape[:6])
+    expected = np.stack([tx, ty, tz, bx, by, bz] + [np.full_like(tx, v) for v in block + grid], -1)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_atomic_add(dtype):
+    labels = np.random.default_rng(1).integers(0, 5, 1000).astype(np.int32)
+    counts, total = np.zeros(5, dtype), np.zeros(1, np.int32)
+    launch("histogram", 4, 256, (labels, counts, total, labels.size), dtype)
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=5))
+    assert total[0] == 1000
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_math_builtins(dtype):
+    x = np.array([-2.5, -0.3, 0.7, 1.0, 3.2], dtype)
+    out = np.zeros((5, 9), dtype)
+    launch("math", 1, 32, (x, out, x.size), dtype)
+    a = np.abs(x)
+    expected = [np.exp(x), np.log(a), np.sqrt(a), 1 / np.sqrt(a), np.floor(x), np.minimum(x, 0.5),
+                np.maximum(x, 0.5), np.minimum(x, -0.5), np.maximum(x, -0.5)]
+    np.testing.assert_allclose(out, np.stack(expected, 1), rtol=1e-6)
+    x32, out32 = x.astype(np.float32), np.zeros((5, 4), np.float32)
+    launch("math_float", 1, 32, (x32, out32, x.size), dtype)
+    expected = [np.exp(x32) + np.log(np.abs(x32)), np.ones(5), np.floor(x32),
+                np.minimum(x32, 0.5) + np.maximum(x32, 0.5)]
+    np.testing.assert_allclose(out32, np.stack(expected, 1), rtol=1e-6)
+
+
+def test_deadlock_is_reported():
+    with pytest.raises(runner.KernelError, match=r"early_exit: deadlock in block \(0,0,0\): "
+                                                 r"59 of 64 threads wait"):
+        launch("early_exit", 1, 64, (np.zeros(64),))
+    with pytest.raises(runner.KernelError, match="divergent_barrier: .* different __syncthreads"):
+        launch("divergent_barrier", 1, 64, (np.zeros(64),))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, shift, arg, where", [
+    ("shifted_read", 1, "x", "element 37, 0 past the end"),
+    ("shifted_write", 1, "y", "element 37, 0 past the end"),
+    ("shifted_write", 300, "y", "past the end"),
+])
+def test_out_of_bounds_is_reported(dtype, kernel, shift, arg, where):
+    x, y = np.ones(37, dtype), np.zeros(37, dtype)
+    with runner.check_mode(), pytest.raises(runner.KernelError, match=f"{kernel}: out-of-bounds "
+                                            f"access to argument '{arg}' .*{where}"):
+        launch(kernel, 2, 32, (x, y, x.size, shift), dtype)
+
+
+def test_write_before_the_start_is_reported():
+    with runner.check_mode(), pytest.raises(runner.KernelError, match="before the start of argument 'y'"):
+        launch("shifted_write", 2, 32, (np.ones(37), np.zeros(37), 37, -1))
+
+
+def test_checking_mode_gives_the_same_numbers():
+    x = np.random.default_rng(2).standard_normal(300)
+    results = []
+    for on in (False, True):
+        out = np.zeros(2)
+        with runner.check_mode(on):
+            launch("block_sum", 2, 256, (x, out, x.size))
+        results.append(out)
+    np.testing.assert_array_equal(*results)
+
+
+def test_arguments_are_checked():
+    y = np.zeros(8)
+    with pytest.raises(ValueError, match=r"shifted_read: argument 'x' \(const real\*\) needs a "
+                                         r"C-contiguous float64 array, got float32 shape \(8,\)"):
+        launch("shifted_read", 1, 8, (np.zeros(8, np.float32), y, 8, 0))
+    with pytest.raises(ValueError, match="argument 'x' .* got float64 shape \\(8,\\) \\(strided\\)"):
+        launch("shifted_read", 1, 8, (np.zeros(16)[::2], y, 8, 0))
+    with pytest.raises(ValueError, match="argument 'n' \\(long long\\) needs a number"):
+        launch("shifted_read", 1, 8, (y, y, y, 0))
+    with pytest.raises(ValueError, match="takes 4 arguments"):
+        launch("shifted_read", 1, 8, (y, y, 8))
+    with pytest.raises(ValueError, match="more than 1024 threads"):
+        launch("shifted_read", 1, (64, 32), (y, y, 8, 0))
+
+
+def test_the_cache_reuses_a_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(runner, "_modules", {})
+    builds = []
+    compile_ = runner._compile
+    monkeypatch.setattr(runner, "_compile", lambda *a: builds.append(a) or compile_(*a))
+    runner.load_module("activation", np.float32)
+    runner._modules.clear()  # as in a new process
+    module = runner.load_module("activation", np.float32)
+    assert len(builds) == 1 and len(list(tmp_path.glob("emu/*.so"))) == 1
+    x, y = np.array([-1.0, 2.0], np.float32), np.zeros(2, np.float32)
+    get_device("emu").launch(module, "relu_forward", 1, 32, (x, y, 2))
+    np.testing.assert_array_equal(y, [0, 2])
+
+
+def test_compile_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
+    broken = tmp_path / "broken.cu"
+    broken.write_text('extern "C" __global__ void broken(real* y) { y[0] = undeclared_name; }\n')
+    with pytest.raises(RuntimeError, match="broken.cu .*(?s:.*)undeclared_name"):
+        runner.load_module(str(broken), np.float64)
+
+
+def test_a_missing_compiler_is_named(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setattr(runner, "_modules", {})
+    with pytest.raises(RuntimeError, match="install g\\+\\+"):
+        runner.load_module("activation", np.float64)
