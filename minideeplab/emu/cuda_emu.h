@@ -39,24 +39,14 @@ template <class A, class B> inline std::common_type_t<A, B> max(A a, B b) {
 }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float a, float b) { return a / b; }
 template <class T> inline T __ldg(const T* p) { return *p; }
 
-// Atomics: threads never run concurrently here, so a plain read-modify-write is atomic.
+// Threads never run at the same time here, so a plain read-modify-write is atomic. The second
+// parameter does not take part in deduction: atomicAdd(float*, 1.0) converts 1.0, as in CUDA.
 template <class T> struct same { typedef T type; };
 template <class T> inline T atomicAdd(T* p, typename same<T>::type v) { T o = *p; *p = o + v; return o; }
-template <class T> inline T atomicSub(T* p, typename same<T>::type v) { T o = *p; *p = o - v; return o; }
-template <class T> inline T atomicMax(T* p, typename same<T>::type v) { T o = *p; *p = max(o, v); return o; }
-template <class T> inline T atomicMin(T* p, typename same<T>::type v) { T o = *p; *p = min(o, v); return o; }
-template <class T> inline T atomicExch(T* p, typename same<T>::type v) { T o = *p; *p = v; return o; }
-template <class T> inline T atomicCAS(T* p, typename same<T>::type c, typename same<T>::type v) {
-  T o = *p; if (o == c) *p = v; return o;
-}
 
-extern "C" uintptr_t emu_fault_addr;  // the address of the last invalid access (checking mode)
-uintptr_t emu_fault_addr;
+extern "C" { uintptr_t emu_fault_addr; }  // the address of the last invalid access (checking mode)
 
 namespace emu {
 // Fiber switching. x86-64: a hand-written switch of the callee-saved registers (a few ns);
