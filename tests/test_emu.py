@@ -90,8 +90,9 @@ def test_out_of_bounds_is_reported(dtype, kernel, shift, arg, where):
         launch(kernel, 2, 32, (x, y, x.size, shift), dtype)
 
 
-def test_write_before_the_start_is_reported():
-    with runner.check_mode(), pytest.raises(runner.KernelError, match="before the start of argument 'y'"):
+def test_write_before_the_start_is_reported(monkeypatch):
+    monkeypatch.setenv("MINIDEEPLAB_EMU_CHECK", "1")  # the environment's switch, not check_mode()
+    with pytest.raises(runner.KernelError, match="before the start of argument 'y'"):
         launch("shifted_write", 2, 32, (np.ones(37), np.zeros(37), 37, -1))
 
 

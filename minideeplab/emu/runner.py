@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels.loader import check_launch, convert_args, parse, real_name, source_path
+from ..kernels.loader import Module, convert_args, parse, real_name, source_path
 
 HEADER = Path(__file__).resolve().with_name("cuda_emu.h")
 FLAGS = ["-O1", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-x", "c++"]
 _check = [None]  # None: follow MINIDEEPLAB_EMU_CHECK
 _lock = threading.Lock()  # the emulator's built-ins are globals of the library: one launch at a time
 _modules = {}
+ERR_BYTES = 512  # the message buffer a launch wrapper writes into
 
 
 class KernelError(RuntimeError):
@@ -59,7 +60,7 @@ def cache_dir():
 def _wrapper(k):
     args = ", ".join(f"*({p.ctype}*)a[{i}]" for i, p in enumerate(k.params))
     return (f'extern "C" int emu_launch_{k.name}(const unsigned* d, void** a, int check, char* err) '
-            f'{{\n  return emu::launch(d, {str(k.syncs).lower()}, check, err, 512, '
+            f'{{\n  return emu::launch(d, {str(k.syncs).lower()}, check, err, {ERR_BYTES}, '
             f'[&] {{ {k.name}({args}); }});\n}}\n')
 
 
@@ -82,7 +83,8 @@ def load_module(family, dtype):
         return _modules[key]
     source = path.read_text()
     kernels = parse(source, real, path.name)
-    code = f'#include "{HEADER}"\n#line 1 "{path}"\n{source}\n' + "".join(map(_wrapper, kernels.values()))
+    code = (f'#include "{HEADER}"\n#line 1 "{path}"\n{source}\n#line 1 "<emu launch wrappers>"\n'
+            + "".join(map(_wrapper, kernels.values())))
     cxx = shutil.which(os.environ.get("CXX", "g++"))
     if cxx is None:
         raise RuntimeError(f"the emu device compiles kernels with a C++ compiler, and "
@@ -96,25 +98,23 @@ def load_module(family, dtype):
         log = _compile(cxx, flags, code, target)
         if log is not None:
             raise RuntimeError(f"{path.name} (real={real}) does not compile with {cxx}:\n{log}")
-    _modules[key] = EmuModule(path, real, ctypes.CDLL(str(target)), kernels)
+    _modules[key] = EmuModule(path, real, kernels, ctypes.CDLL(str(target)))
     return _modules[key]
 
 
-class EmuModule:
-    """A ``.cu`` file compiled for the host: its kernels' signatures and a checked ``launch``."""
+class EmuModule(Module):
+    """A ``.cu`` file compiled for the host into the shared library ``lib``."""
 
-    def __init__(self, path, real, lib, kernels):
-        self.path, self.real, self.kernels, self._lib = path, real, kernels, lib
+    def __init__(self, path, real, kernels, lib):
+        super().__init__(path, real, kernels)
+        self._lib = lib
         lib.emu_guard_alloc.restype = ctypes.c_void_p
         lib.emu_guard_alloc.argtypes = [ctypes.c_size_t]
         lib.emu_guard_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self._fault = ctypes.c_size_t.in_dll(lib, "emu_fault_addr")
 
     def launch(self, kernel, grid, block, args):
-        if kernel not in self.kernels:
-            raise ValueError(f"{self.path.name} has no kernel {kernel!r}; it has {sorted(self.kernels)}")
-        k = self.kernels[kernel]
-        check_launch(kernel, grid, block)
+        k = self.kernel(kernel, grid, block)
         values = convert_args(k, args, np.ndarray)
         check = checking()
         with _lock:
@@ -137,7 +137,7 @@ class EmuModule:
                         g[2].append((p.name, v))
                         address = g[0]
                     argv.append(ctypes.c_void_p(address))
-                err = ctypes.create_string_buffer(512)
+                err = ctypes.create_string_buffer(ERR_BYTES)
                 rc = getattr(self._lib, f"emu_launch_{kernel}")(
                     (ctypes.c_uint * 6)(*grid, *block),
                     (ctypes.c_void_p * len(argv))(*[ctypes.addressof(a) for a in argv]),

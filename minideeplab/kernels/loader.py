@@ -125,26 +125,31 @@ def check_launch(kernel, grid, block):
         raise ValueError(f"kernel {kernel}: block {tuple(block)} has more than 1024 threads")
 
 
-class CudaModule:
-    """A compiled ``.cu`` file on the GPU: its kernels' signatures and a checked ``launch``."""
+class Module:
+    """A compiled ``.cu`` file: its kernels' signatures (``kernels``) and ``launch``."""
 
-    def __init__(self, path, real, raw, kernels):
-        self.path, self.real, self.raw, self.kernels = path, real, raw, kernels
-        self._functions = {}
+    def __init__(self, path, real, kernels):
+        self.path, self.real, self.kernels = path, real, kernels
+
+    def kernel(self, name, grid, block):
+        """The signature of ``name``, after checking the launch shape."""
+        if name not in self.kernels:
+            raise ValueError(f"{self.path.name} has no kernel {name!r}; it has {sorted(self.kernels)}")
+        check_launch(name, grid, block)
+        return self.kernels[name]
+
+
+class CudaModule(Module):
+    def __init__(self, path, real, kernels, raw):
+        super().__init__(path, real, kernels)
+        self.raw, self._functions = raw, {}
 
     def launch(self, kernel, grid, block, args):
         import cupy
-        k = _kernel(self, kernel)
-        check_launch(kernel, grid, block)
+        values = convert_args(self.kernel(kernel, grid, block), args, cupy.ndarray)
         if kernel not in self._functions:
             self._functions[kernel] = self.raw.get_function(kernel)
-        self._functions[kernel](grid, block, tuple(convert_args(k, args, cupy.ndarray)))
-
-
-def _kernel(module, name):
-    if name not in module.kernels:
-        raise ValueError(f"{module.path.name} has no kernel {name!r}; it has {sorted(module.kernels)}")
-    return module.kernels[name]
+        self._functions[kernel](grid, block, tuple(values))
 
 
 _modules = {}
@@ -163,7 +168,7 @@ def load_module(family, dtype):
             raw.compile()
         except cupy.cuda.compiler.CompileException as e:
             raise RuntimeError(f"{path.name} (real={real}) does not compile with NVRTC:\n{e}") from None
-        _modules[key] = CudaModule(path, real, raw, kernels)
+        _modules[key] = CudaModule(path, real, kernels, raw)
     return _modules[key]
 
 
