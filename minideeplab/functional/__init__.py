@@ -2,3 +2,5 @@
 from .basic import (add, sub, mul, div, neg, pow, exp, log, matmul, reshape, transpose,  # noqa: F401
                     broadcast_to, sum, mean, getitem, concat, sum_to)
 from .activation import relu  # noqa: F401
+from .conv import (conv2d, atrous_conv2d, depthwise_conv2d, pointwise_conv2d,  # noqa: F401
+                   separable_conv2d, conv_output_size)

@@ -1,0 +1,36 @@
+"""Float64 central-difference checks of conv2d for x, w and b on every device (tiny shapes)."""
+import numpy as np
+import pytest
+
+import minideeplab.functional as F
+from minideeplab.gradcheck import check_backward
+
+rng = np.random.default_rng(0)
+normal = lambda *s: rng.standard_normal(s)  # noqa: E731
+
+# (x, w, b shapes, conv2d keywords); every case checks all three inputs element by element.
+CASES = {
+    "dense": ((2, 2, 4, 4), (3, 2, 3, 3), dict(padding=1)),
+    "strided_odd": ((1, 2, 5, 5), (2, 2, 3, 3), dict(stride=2, padding=1)),
+    "atrous": ((1, 2, 5, 5), (2, 2, 3, 3), dict(padding=2, dilation=2)),
+    "atrous_rate_beyond_map": ((1, 1, 3, 3), (2, 1, 3, 3), dict(padding=4, dilation=4)),
+    "depthwise_atrous": ((2, 3, 5, 5), (3, 1, 3, 3), dict(padding=2, dilation=2, groups=3)),
+    "depthwise_strided": ((1, 2, 6, 5), (2, 1, 3, 3), dict(stride=2, padding=1, groups=2)),
+    "depthwise_multiplier": ((1, 2, 4, 4), (4, 1, 3, 3), dict(padding=1, groups=2)),
+    "pointwise": ((2, 3, 3, 4), (4, 3, 1, 1), {}),
+    "pointwise_strided": ((1, 3, 5, 5), (2, 3, 1, 1), dict(stride=2)),
+    "grouped": ((1, 4, 4, 4), (4, 2, 3, 3), dict(padding=1, groups=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_conv_gradient(name, device):
+    xs, ws, kw = CASES[name]
+    check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
+                                                            normal(ws[0])],
+                   device=device, mode="elementwise")
+
+
+def test_separable_gradient(device):
+    check_backward(lambda x, wd, wp: F.separable_conv2d(x, wd, wp, rate=2),
+                   [normal(1, 2, 4, 4), normal(2, 1, 3, 3), normal(3, 2, 1, 1)], device=device)

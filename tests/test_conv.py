@@ -1,0 +1,176 @@
+"""Convolutions against independent references: naive loops, SciPy on a zero-inserted kernel, and
+cross-op identities (DESIGN.md s. 9). Shapes stay tiny: the emu device runs every kernel on the CPU."""
+import numpy as np
+import pytest
+import scipy.signal
+
+import minideeplab as mdl
+import minideeplab.functional as F
+from tests.conftest import assert_close
+
+rng = np.random.default_rng(0)
+
+
+def naive_conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """Seven nested loops straight from the definition (cross-correlation, zero padding)."""
+    (sh, sw), (ph, pw), (dh, dw) = [(v, v) if np.isscalar(v) else v
+                                    for v in (stride, padding, dilation)]
+    N, C, H, W = x.shape
+    Cout, cg, kh, kw = w.shape
+    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((N, Cout, Ho, Wo))
+    per_group = Cout // groups
+    for n in range(N):
+        for co in range(Cout):
+            for ho in range(Ho):
+                for wo in range(Wo):
+                    for ci in range(cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                h, v = ho * sh - ph + i * dh, wo * sw - pw + j * dw
+                                if 0 <= h < H and 0 <= v < W:
+                                    c = co // per_group * cg + ci
+                                    y[n, co, ho, wo] += x[n, c, h, v] * w[co, ci, i, j]
+            if b is not None:
+                y[n, co] += b[co]
+    return y
+
+
+def run(device, x, w, b=None, **kw):
+    t = lambda a: None if a is None else mdl.Tensor(a, device=device)  # noqa: E731
+    return F.conv2d(t(x), t(w), t(b), **kw).numpy()
+
+
+def check(actual, expected, dtype):
+    # float32: each output sums Cin*kh*kw products of O(1) values with cancellation, hence the
+    # long-reduction tolerance; float64 uses the strict one.
+    assert_close(actual, expected, kind="float32_long" if dtype == np.float32 else np.dtype(dtype))
+
+
+# (x shape, w shape, conv2d keywords, with bias)
+CASES = {
+    "dense": ((2, 3, 6, 5), (4, 3, 3, 3), {}, True),
+    "dense_padded_batch1": ((1, 2, 5, 5), (3, 2, 3, 3), dict(padding=1), False),
+    "strided_padded_odd": ((2, 2, 7, 9), (3, 2, 3, 3), dict(stride=2, padding=1), True),
+    "atrous": ((1, 2, 9, 8), (2, 2, 3, 3), dict(padding=2, dilation=2), True),
+    "pairs": ((1, 2, 8, 9), (3, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(2, 3)),
+              True),
+    "grouped": ((2, 4, 5, 5), (6, 2, 3, 3), dict(padding=1, groups=2), True),
+    "depthwise_atrous_strided": ((2, 3, 7, 7), (3, 1, 3, 3),
+                                 dict(stride=2, padding=2, dilation=2, groups=3), True),
+    "depthwise_multiplier": ((1, 2, 5, 6), (4, 1, 3, 3), dict(padding=1, groups=2), True),
+    "pointwise": ((2, 3, 4, 5), (4, 3, 1, 1), {}, True),
+    "pointwise_strided": ((1, 3, 5, 5), (2, 3, 1, 1), dict(stride=2), False),
+    "padding_without_taps": ((1, 2, 3, 3), (2, 2, 1, 1), dict(padding=1), True),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_naive_loops(case, dtype, device):
+    xs, ws, kw, bias = CASES[case]
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype) if bias else None
+    y = run(device, x, w, b, **kw)
+    assert y.dtype == dtype
+    check(y, naive_conv(x.astype(np.float64), w.astype(np.float64), b, **kw), dtype)
+
+
+def zero_inserted(k, rate):
+    """The atrous filter as a dense one: rate - 1 zeros between the taps (Sec. 3.1)."""
+    kh, kw = k.shape
+    d = np.zeros(((kh - 1) * rate + 1, (kw - 1) * rate + 1))
+    d[::rate, ::rate] = k
+    return d
+
+
+@pytest.mark.parametrize("rate", [1, 2, 4, 6, 12, 18, 24, 36])
+def test_atrous_matches_scipy_zero_inserted_kernel(rate, device):
+    """Dense and depthwise 3x3 atrous convs with "same" padding on a 5x5 map; from rate 5 on the
+    outer taps fall entirely on padding, as in ASPP at rate 36 on a 33x33 map."""
+    x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((2, 2, 3, 3))
+    pad = lambda a: np.pad(a, rate)  # noqa: E731
+    dense = [sum(scipy.signal.correlate(pad(x[0, c]), zero_inserted(w[o, c], rate), mode="valid")
+                 for c in range(2)) for o in range(2)]
+    depthwise = [scipy.signal.correlate(pad(x[0, c]), zero_inserted(w[c, 0], rate), mode="valid")
+                 for c in range(2)]
+    X = mdl.Tensor(x, device=device)
+    check(F.atrous_conv2d(X, mdl.Tensor(w, device=device), rate=rate).numpy(),
+          np.array(dense)[None], np.float64)
+    check(F.depthwise_conv2d(X, mdl.Tensor(w[:, :1], device=device), rate=rate).numpy(),
+          np.array(depthwise)[None], np.float64)
+
+
+def test_rate_larger_than_map_keeps_only_the_centre_tap(device):
+    """3x3, rate 36, padding 36 on a 5x5 map: every tap but the centre one lands on padding."""
+    x, w = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((3, 1, 3, 3))
+    y = F.depthwise_conv2d(mdl.Tensor(x, device=device), mdl.Tensor(w, device=device), rate=36)
+    check(y.numpy(), x * w[None, :, 0, 1, 1, None, None], np.float64)
+
+
+@pytest.mark.parametrize("rate", [1, 2])
+def test_depthwise_equals_per_channel_dense_conv(rate, device):
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((3, 1, 3, 3))
+    y = F.depthwise_conv2d(mdl.Tensor(x, device=device), mdl.Tensor(w, device=device), rate=rate)
+    split = [run(device, x[:, c:c + 1], w[c:c + 1], padding=rate, dilation=rate)
+             for c in range(3)]
+    check(y.numpy(), np.concatenate(split, axis=1), np.float64)
+
+
+def test_stride_two_on_odd_sizes(device):
+    """13 -> 7 -> 4 through two 3x3 stride-2 convs (padding 1), each against the naive loops."""
+    x = rng.standard_normal((1, 2, 13, 13))
+    w1, w2 = rng.standard_normal((2, 2, 3, 3)), rng.standard_normal((2, 1, 3, 3))
+    y1 = run(device, x, w1, stride=2, padding=1)
+    y2 = run(device, y1, w2, stride=2, padding=1, groups=2)
+    assert y1.shape[2:] == (7, 7) and y2.shape[2:] == (4, 4)
+    check(y2, naive_conv(naive_conv(x, w1, stride=2, padding=1), w2, stride=2, padding=1,
+                         groups=2), np.float64)
+
+
+def test_output_size_arithmetic_of_the_paper_crop():
+    """513 -> 257 -> 129 -> 65 -> 33 (output strides 2..16) without running the big convs."""
+    sizes = [513]
+    for _ in range(4):
+        sizes.append(F.conv_output_size(sizes[-1], 3, stride=2, padding=1))
+    assert sizes == [513, 257, 129, 65, 33]
+    # "same" atrous padding keeps the size at every ASPP rate
+    assert all(F.conv_output_size(33, 3, 1, r, r) == 33 for r in (6, 12, 18, 24, 36))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_by_one_feature_map(dtype, device):
+    """A 1x1 map (image pooling branch, tiny inputs): a padded 3x3 conv reads only its centre tap."""
+    x, w = rng.standard_normal((2, 3, 1, 1)).astype(dtype), rng.standard_normal((4, 3, 3, 3))
+    w = w.astype(dtype)
+    y = run(device, x, w, padding=6, dilation=6)
+    check(y, np.einsum("oc,nc->no", w[:, :, 1, 1], x[:, :, 0, 0])[:, :, None, None], dtype)
+
+
+def test_separable_is_depthwise_then_pointwise(device):
+    x = rng.standard_normal((1, 3, 7, 7))
+    wd, wp = rng.standard_normal((3, 1, 3, 3)), rng.standard_normal((5, 3, 1, 1))
+    t = lambda a: mdl.Tensor(a, device=device)  # noqa: E731
+    y = F.separable_conv2d(t(x), t(wd), t(wp), rate=2, stride=2)
+    ref = naive_conv(naive_conv(x, wd, stride=2, padding=2, dilation=2, groups=3), wp)
+    assert y.shape == (1, 5, 4, 4)
+    check(y.numpy(), ref, np.float64)
+
+
+ERRORS = {
+    "channel mismatch": ((1, 3, 5, 5), (2, 4, 3, 3), {}, r"channel mismatch.*\(1, 3, 5, 5\)"),
+    "groups": ((1, 4, 5, 5), (3, 2, 3, 3), dict(groups=2), r"groups=2 must divide.*\(3, 2, 3, 3\)"),
+    "too small": ((1, 2, 4, 4), (2, 2, 3, 3), dict(dilation=2),
+                  r"\(5, 5\), larger than the padded input \(4, 4\)"),
+    "stride": ((1, 2, 5, 5), (2, 2, 3, 3), dict(stride=0), r"stride \(0, 0\)"),
+    "dilation": ((1, 2, 5, 5), (2, 2, 3, 3), dict(dilation=(1, -1)), r"dilation \(1, -1\)"),
+    "bias": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(3)), r"bias of shape \(3,\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_clear_errors(case, device):
+    xs, ws, kw, match = ERRORS[case]
+    with pytest.raises(ValueError, match=match):
+        run(device, np.zeros(xs), np.zeros(ws), **kw)
