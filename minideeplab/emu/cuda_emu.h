@@ -79,7 +79,9 @@ inline void make(ctx_t* c, char* stack, size_t size, void (*entry)()) {
 #endif
 
 enum { RUN, WAIT, DONE };
-const size_t STACK = 1 << 18;  // reserved, not committed: kernels touch a few KiB
+// Per-thread stacks: reserved, not committed (kernels touch a few KiB). One mapping for all, so a
+// library adds one memory map, not one per thread (the kernel limits a process's maps).
+const size_t STACK = 1 << 18;
 static void (*call)(void*);  // runs the kernel with its arguments (set by launch)
 static void* body;
 static bool fibers;          // false: threads run as plain calls, a barrier is a bug (bad_sync)
@@ -87,7 +89,8 @@ static int bad_sync;
 static unsigned cur;         // the running thread
 static std::vector<int> state, line;
 static std::vector<ctx_t> ctx;
-static std::vector<char*> stacks;
+static char* stacks;
+static unsigned nstacks;
 static ctx_t sched;
 static sigjmp_buf fault_jump;
 
@@ -110,14 +113,16 @@ static void entry() {
 
 // One block as fibers: run every thread to its next barrier (or its end), then check the round.
 inline int run_fibers(unsigned n, char* err, size_t errlen) {
-  while (stacks.size() < n) {
-    char* s = (char*)mmap(nullptr, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (s == MAP_FAILED) { snprintf(err, errlen, "out of memory for fiber stacks"); return 1; }
-    mprotect(s, sysconf(_SC_PAGESIZE), PROT_NONE);  // an overflow faults, not corrupts a neighbour
-    stacks.push_back(s);
+  if (nstacks < n) {  // no fiber is alive between launches: the old stacks can go
+    if (stacks) munmap(stacks, nstacks * STACK);
+    void* s = mmap(nullptr, n * STACK, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    stacks = s == MAP_FAILED ? nullptr : (char*)s;
+    nstacks = stacks ? n : 0;
+    if (!stacks) { snprintf(err, errlen, "no memory for %u fiber stacks", n); return 1; }
   }
   state.assign(n, RUN); line.assign(n, 0); ctx.resize(n);
-  for (unsigned t = 0; t < n; ++t) make(&ctx[t], stacks[t], STACK, entry);
+  for (unsigned t = 0; t < n; ++t) make(&ctx[t], stacks + t * STACK, STACK, entry);
   for (;;) {
     for (unsigned t = 0; t < n; ++t)
       if (state[t] == RUN) { cur = t; set_thread(t); swap(&sched, &ctx[t]); }
@@ -166,7 +171,8 @@ static void on_fault(int, siginfo_t* info, void*) {
 }
 
 // Returns 0, or 1 with a message in err, or 2 after an invalid access (address in emu_fault_addr).
-template <class F> int launch(const unsigned* d, bool use_fibers, bool check, char* err, size_t errlen, F f) {
+template <class F>
+int launch(const unsigned* d, bool use_fibers, bool check, char* err, size_t errlen, F f) {
   gridDim = {d[0], d[1], d[2]}; blockDim = {d[3], d[4], d[5]};
   fibers = use_fibers; bad_sync = 0;
   body = &f; call = [](void* p) { (*(F*)p)(); };
@@ -186,7 +192,8 @@ template <class F> int launch(const unsigned* d, bool use_fibers, bool check, ch
 // (NaN as float or double) and emu_guard_free reports whether the kernel wrote into it.
 extern "C" char* emu_guard_alloc(size_t n) {
   const size_t pg = sysconf(_SC_PAGESIZE), len = (n + pg - 1) / pg * pg;
-  char* b = (char*)mmap(nullptr, len + 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  char* b = (char*)mmap(nullptr, len + 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                        -1, 0);
   if (b == MAP_FAILED) return nullptr;
   mprotect(b, pg, PROT_NONE); mprotect(b + pg + len, pg, PROT_NONE);
   memset(b + pg, 0xff, len - n);
