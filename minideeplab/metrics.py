@@ -20,8 +20,8 @@ def confusion_matrix(pred, label, num_classes, ignore_index=255):
     pred, label = pred[keep].astype(np.int64), label[keep].astype(np.int64)
     for name, a in (("pred", pred), ("label", label)):
         if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"{name} holds values in [{a.min()}, {a.max()}], outside 0..{num_classes - 1}"
-                             f" (and not ignore_index={ignore_index})")
+            raise ValueError(f"{name} holds values in [{a.min()}, {a.max()}], outside "
+                             f"0..{num_classes - 1} (and not ignore_index={ignore_index})")
     counts = np.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
@@ -50,7 +50,8 @@ def pixel_accuracy(cm):
 
 
 class ConfusionMatrix:
-    """Accumulates over batches: ``update(pred, label)`` then ``miou()``, ``iou()``, ``pixel_accuracy()``."""
+    """Accumulates over batches: ``update(pred, label)``, then ``miou()``, ``iou()``,
+    ``pixel_accuracy()`` and the counts in ``matrix``."""
 
     def __init__(self, num_classes, ignore_index=255):
         self.num_classes, self.ignore_index = num_classes, ignore_index

@@ -30,7 +30,8 @@ class SGD:
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay} "
                              "must all be >= 0")
-        self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.weight_decay = weight_decay
         self.decay = [not no_decay(p) for p in self.params]
         self.buffers = [None] * len(self.params)
 
@@ -39,11 +40,13 @@ class SGD:
             p.grad = None
 
     def step(self):
-        """Update every parameter that has a gradient, in place (views held elsewhere stay valid)."""
+        """Update every parameter that has a gradient, in place (references stay valid)."""
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            g = p.grad + self.weight_decay * p.data if self.decay[i] and self.weight_decay else p.grad
+            g = p.grad
+            if self.decay[i] and self.weight_decay:
+                g = g + self.weight_decay * p.data
             if self.momentum:
                 if self.buffers[i] is None:
                     self.buffers[i] = p.device.xp.zeros_like(p.data)

@@ -43,7 +43,7 @@ def make_image(rng, image_size=64, max_objects=4, size_range=(0.25, 0.6), noise=
     """One (image, label) pair drawn from ``rng``; 2..max_objects objects of ``size_range`` x S."""
     S = image_size
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
-    # Background: a base colour with a faint fine grating (period 3-8 px, too fine to look like a bar).
+    # Background: a base colour with a faint grating (period 3-8 px: too fine to look like a bar).
     base = rng.uniform(0, 1, 3)
     a, period = rng.uniform(0, np.pi), rng.uniform(3, 8)
     grating = np.sin((xx * np.cos(a) + yy * np.sin(a)) * 2 * np.pi / period + rng.uniform(0, 6.3))
@@ -89,7 +89,8 @@ def boundary_band(raw, ignore_index=255):
 
 class ShapesDataset:
     """``size`` images of ``image_size`` px, generated eagerly into ``images`` (N, S, S, 3) uint8
-    and ``labels`` (N, S, S) uint8. Train and val draw from different seed streams for any ``seed``."""
+    and ``labels`` (N, S, S) uint8. Train and val draw from different seed streams for any
+    ``seed``."""
 
     classes = CLASSES
     num_classes = len(CLASSES)
