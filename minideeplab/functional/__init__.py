@@ -4,3 +4,7 @@ from .basic import (add, sub, mul, div, neg, pow, exp, log, matmul, reshape, tra
 from .activation import relu  # noqa: F401
 from .conv import (conv2d, atrous_conv2d, depthwise_conv2d, pointwise_conv2d,  # noqa: F401
                    separable_conv2d, conv_output_size)
+from .activation import dropout, seed  # noqa: F401
+from .norm import batch_norm  # noqa: F401
+from .resize import resize_bilinear, global_avg_pool  # noqa: F401
+from .loss import softmax_cross_entropy  # noqa: F401

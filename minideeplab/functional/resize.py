@@ -1,0 +1,117 @@
+"""Bilinear resize (PyTorch's ``align_corners`` semantics) and global average pooling.
+
+DeepLab upsamples with ``align_corners=True`` everywhere (DESIGN.md s. 6), so 33 -> 129 -> 513 line
+up; global average pooling is ASPP's image-pooling branch. Bilinear resize is separable: each
+output row (column) mixes two input rows (columns), so the NumPy path is one matmul per axis with
+an interpolation matrix, and the backward applies the transposed matrices.
+"""
+import functools
+
+import numpy as np
+
+from ..function import Function
+from ..kernels import grid_1d
+from .reduce import channel_sum
+
+
+@functools.lru_cache(maxsize=64)
+def _axis(n_in, n_out, align_corners):
+    """Per output index: source indices i0, i1 and the weight w1 of i1 (that of i0 is 1 - w1)."""
+    o = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else 0 * o
+    else:  # pixel centres: src = (o + 1/2) * in / out - 1/2, clamped at 0 as PyTorch does
+        src = np.maximum((o + 0.5) * (n_in / n_out) - 0.5, 0)
+    i0 = np.minimum(np.floor(src).astype(np.int32), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1).astype(np.int32), src - i0
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix(n_in, n_out, align_corners):
+    """The (n_out, n_in) interpolation matrix of one axis."""
+    i0, i1, w1 = _axis(n_in, n_out, align_corners)
+    A = np.zeros((n_out, n_in))
+    np.add.at(A, (np.arange(n_out), i0), 1 - w1)
+    np.add.at(A, (np.arange(n_out), i1), w1)
+    return A
+
+
+@functools.lru_cache(maxsize=64)
+def _by_input(n_in, n_out, align_corners):
+    """The transposed axis as CSR for the gather backward: the outputs ``idx[off[i]:off[i+1]]``
+    read input i with weights ``w[off[i]:off[i+1]]``."""
+    i0, i1, w1 = _axis(n_in, n_out, align_corners)
+    src, w = np.concatenate([i0, i1]), np.concatenate([1 - w1, w1])
+    order = np.argsort(src, kind="stable")
+    off = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_in))]).astype(np.int32)
+    return off, (np.arange(2 * n_out) % n_out)[order].astype(np.int32), w[order]
+
+
+def _apply(xp, x, Ah, Aw):
+    """Ah @ x @ Aw.T over the last two axes of (N, C, H, W) ``x``: the cheaper axis order."""
+    N, C, H, W = x.shape
+    (Ho, _), (Wo, _) = Ah.shape, Aw.shape
+    Ah, Aw = xp.asarray(Ah, dtype=x.dtype), xp.asarray(Aw, dtype=x.dtype)
+    if Ho * H * W + Ho * W * Wo <= H * W * Wo + Ho * H * Wo:  # rows first: a batched matmul,
+        t = xp.matmul(Ah, x.reshape(N * C, H, W))               # then one large GEMM
+        return (t.reshape(-1, W) @ Aw.T).reshape(N, C, Ho, Wo)
+    t = (x.reshape(-1, W) @ Aw.T).reshape(N * C, H, Wo)
+    return xp.matmul(Ah, t).reshape(N, C, Ho, Wo)
+
+
+class ResizeBilinear(Function):
+    def __init__(self, size, align_corners):
+        self.size, self.align_corners = tuple(int(s) for s in size), bool(align_corners)
+
+    def forward(self, x):
+        if x.ndim != 4 or len(self.size) != 2 or min(self.size) < 1 or 0 in x.shape[2:]:
+            raise ValueError(f"resize_bilinear: x must be (N, C, H, W) and size (H_out, W_out) "
+                             f"positive, got {x.shape} and {self.size}")
+        xp, self.in_shape = self.dev.xp, x.shape
+        (H, W), (Ho, Wo), ac = x.shape[2:], self.size, self.align_corners
+        if not self.dev.uses_kernels:
+            return _apply(xp, x, _matrix(H, Ho, ac), _matrix(W, Wo, ac))
+        x = xp.ascontiguousarray(x)
+        y = xp.empty(x.shape[:2] + self.size, dtype=x.dtype)
+        tables = [xp.asarray(t, dtype=t.dtype if t.dtype.kind == "i" else x.dtype)
+                  for t in _axis(H, Ho, ac) + _axis(W, Wo, ac)]
+        self.dev.launch(self.dev.module("resize", x.dtype), "resize_bilinear_forward",
+                        grid_1d(y.size), 256, (x, *tables, y, H, W, Ho, Wo, y.size))
+        return y
+
+    def backward(self, gy):
+        xp = self.dev.xp
+        (H, W), (Ho, Wo), ac = self.in_shape[2:], self.size, self.align_corners
+        if not self.dev.uses_kernels:
+            return _apply(xp, gy, _matrix(H, Ho, ac).T, _matrix(W, Wo, ac).T)
+        gy = xp.ascontiguousarray(gy)
+        gx = xp.empty(self.in_shape, dtype=gy.dtype)
+        tables = [xp.asarray(t, dtype=t.dtype if t.dtype.kind == "i" else gy.dtype)
+                  for t in _by_input(H, Ho, ac) + _by_input(W, Wo, ac)]
+        self.dev.launch(self.dev.module("resize", gy.dtype), "resize_bilinear_backward",
+                        grid_1d(gx.size), 256, (gy, *tables, gx, H, W, Ho, Wo, gx.size))
+        return gx
+
+
+class GlobalAvgPool(Function):
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"global_avg_pool: x must be (N, C, H, W), got {x.shape}")
+        self.in_shape = (N, C, H, W) = x.shape
+        # The per-(n, c) sums are channel sums of x viewed as (1, N * C, H * W, 1).
+        s = channel_sum(x.reshape(1, N * C, H * W, 1), self.dev)
+        return (s / (H * W)).reshape(N, C, 1, 1)
+
+    def backward(self, gy):
+        return self.dev.xp.broadcast_to(gy / (self.in_shape[2] * self.in_shape[3]), self.in_shape)
+
+
+def resize_bilinear(x, size, align_corners=True):
+    """Bilinear resize of NCHW ``x`` to ``size`` = (H_out, W_out), as PyTorch's
+    ``interpolate(mode="bilinear")``."""
+    return ResizeBilinear(size, align_corners)(x)
+
+
+def global_avg_pool(x):
+    """Mean over H and W of NCHW ``x``, shape (N, C, 1, 1) (ASPP image pooling, DESIGN.md s. 6)."""
+    return GlobalAvgPool()(x)

@@ -1,0 +1,50 @@
+// Bilinear resize of contiguous (N, C, H, W) arrays (DESIGN.md s. 3 and 6). The index arithmetic of
+// align_corners lives on the host (functional/resize.py) in per-axis tables, so both devices and
+// the NumPy path share one definition of which inputs an output reads.
+
+// One thread: outputs i, i + stride, ... (grid-stride) of y (N, C, Ho, Wo); output (oy, ox) mixes
+// rows y0[oy], y1[oy] (weight wy[oy] on y1) and columns x0[ox], x1[ox] (weight wx[ox] on x1).
+// Launch: 1-D, grid_1d(n) blocks of 256, n = N C Ho Wo.
+// Bytes per output element: reads 4 reals (+ table entries, cached), writes 1 real.
+extern "C" __global__ void resize_bilinear_forward(const real* x, const int* y0, const int* y1,
+                                                   const real* wy, const int* x0, const int* x1,
+                                                   const real* wx, real* y, long long H,
+                                                   long long W, long long Ho, long long Wo,
+                                                   long long n) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const long long ox = i % Wo, oy = (i / Wo) % Ho, nc = i / (Wo * Ho);
+    const real* r0 = x + (nc * H + y0[oy]) * W;
+    const real* r1 = x + (nc * H + y1[oy]) * W;
+    const real top = r0[x0[ox]] + (r0[x1[ox]] - r0[x0[ox]]) * wx[ox];
+    const real bottom = r1[x0[ox]] + (r1[x1[ox]] - r1[x0[ox]]) * wx[ox];
+    y[i] = top + (bottom - top) * wy[oy];
+  }
+}
+
+// Backward as a gather, deterministic without atomics: one thread per input element (n, c, iy, ix)
+// adds up every output that read it, gx = sum_a sum_b hw[a] * ww[b] * gy[n, c, hidx[a], widx[b]]
+// over a in hoff[iy] .. hoff[iy + 1] - 1 (the output rows that read row iy, with their weights)
+// and b likewise for columns. Grid-stride over the input elements.
+// Launch: 1-D, grid_1d(n) blocks of 256, n = N C H W.
+// Bytes per output (= input-gradient) element: reads (Ho/H) (Wo/W) x 4 reals on average (each
+// gy element is read by at most 4 threads), writes 1 real.
+extern "C" __global__ void resize_bilinear_backward(const real* gy, const int* hoff,
+                                                    const int* hidx, const real* hw,
+                                                    const int* woff, const int* widx,
+                                                    const real* ww, real* gx, long long H,
+                                                    long long W, long long Ho, long long Wo,
+                                                    long long n) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const long long ix = i % W, iy = (i / W) % H, nc = i / (W * H);
+    real s = 0;
+    for (int a = hoff[iy]; a < hoff[iy + 1]; ++a) {
+      const real* row = gy + (nc * Ho + hidx[a]) * Wo;
+      real r = 0;
+      for (int b = woff[ix]; b < woff[ix + 1]; ++b) r += ww[b] * row[widx[b]];
+      s += hw[a] * r;
+    }
+    gx[i] = s;
+  }
+}

@@ -1,0 +1,130 @@
+"""Batch norm on every device against a naive per-channel float64 reference (Ioffe & Szegedy 2015,
+Algorithm 1 and the chain rule of their Sec. 3) with PyTorch's running-statistic conventions."""
+import numpy as np
+import pytest
+
+import minideeplab.functional as F
+from minideeplab import Tensor
+from minideeplab.device import get_device
+from tests.conftest import assert_close
+
+# Not multiples of the block size, batch 1, 1x1 maps, more channels than a block has threads.
+SHAPES = [(3, 5, 7, 11), (1, 3, 17, 19), (4, 2, 1, 1), (2, 300, 1, 3)]
+DTYPES = [np.float32, np.float64]
+
+
+def data(shape, dtype, seed=0, scale=1.0, shift=0.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale + shift).astype(dtype)
+
+
+def reference(x, gamma, beta, gy, eps=1e-5):
+    """Per channel, in float64: output, batch mean, biased variance and the gradients obtained as
+    the paper does, through d/dxhat, d/dvar and d/dmean."""
+    x, gy = x.astype(np.float64), gy.astype(np.float64)
+    y, gx = np.empty_like(x), np.empty_like(x)
+    C = x.shape[1]
+    mean, var, dgamma, dbeta = (np.empty(C) for _ in range(4))
+    for c in range(C):
+        v, g = x[:, c], gy[:, c]
+        m = v.size
+        mean[c] = v.sum() / m
+        var[c] = ((v - mean[c]) ** 2).sum() / m
+        xhat = (v - mean[c]) / np.sqrt(var[c] + eps)
+        y[:, c] = gamma[c] * xhat + beta[c]
+        dxhat = g * gamma[c]
+        dvar = (dxhat * (v - mean[c])).sum() * -0.5 * (var[c] + eps) ** -1.5
+        dmean = -dxhat.sum() / np.sqrt(var[c] + eps) + dvar * (-2 * (v - mean[c])).sum() / m
+        gx[:, c] = dxhat / np.sqrt(var[c] + eps) + dvar * 2 * (v - mean[c]) / m + dmean / m
+        dgamma[c], dbeta[c] = (g * xhat).sum(), g.sum()
+    return y, mean, var, gx, dgamma, dbeta
+
+
+def run(device, x, gamma, beta, gy, running, training, **kw):
+    dev = get_device(device)
+    ts = [Tensor(a, requires_grad=True, device=device) for a in (x, gamma, beta)]
+    rm, rv = (dev.asarray(r.copy()) for r in running)
+    y = F.batch_norm(*ts, rm, rv, training, **kw)
+    y.backward(dev.asarray(gy))
+    return [y.data] + [t.grad for t in ts] + [rm, rv]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_training_forward_backward_and_running_stats(device, shape, dtype):
+    x, gy = data(shape, dtype, shift=3.0), data(shape, dtype, seed=1)
+    C = shape[1]
+    gamma, beta = data(C, dtype, seed=2), data(C, dtype, seed=3)
+    running = data(C, dtype, seed=4), data(C, dtype, seed=5) ** 2
+    y, gx, dgamma, dbeta, rm, rv = run(device, x, gamma, beta, gy, running, True, momentum=0.3)
+    ry, mean, var, rgx, rdgamma, rdbeta = reference(x, gamma, beta, gy)
+    m = x.size // C
+    kind = "float32_long" if dtype == np.float32 else None
+    for actual, expected in [(y, ry), (gx, rgx), (dgamma, rdgamma), (dbeta, rdbeta),
+                             (rm, 0.7 * running[0] + 0.3 * mean),
+                             (rv, 0.7 * running[1] + 0.3 * var * m / (m - 1))]:
+        assert actual.dtype == dtype
+        assert_close(actual, expected, dtype=dtype, kind=kind)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eval_uses_running_stats_and_leaves_them(device, dtype):
+    shape = (2, 3, 5, 4)
+    x, gy = data(shape, dtype), data(shape, dtype, seed=1)
+    gamma, beta = data(3, dtype, seed=2), data(3, dtype, seed=3)
+    running = data(3, dtype, seed=4), data(3, dtype, seed=5) ** 2 + 0.5
+    y, gx, dgamma, dbeta, rm, rv = run(device, x, gamma, beta, gy, running, False, eps=1e-3)
+    b = (slice(None), None, None)
+    std = np.sqrt(running[1].astype(np.float64) + 1e-3)[b]
+    assert_close(y, (x - running[0][b]) / std * gamma[b] + beta[b], dtype=dtype)
+    assert_close(gx, gy * gamma[b] / std, dtype=dtype)
+    assert_close(dgamma, (gy * (x - running[0][b]) / std).sum(axis=(0, 2, 3)), dtype=dtype,
+                 kind="float32_long" if dtype == np.float32 else None)
+    assert_close(dbeta, gy.sum(axis=(0, 2, 3)), dtype=dtype,
+                 kind="float32_long" if dtype == np.float32 else None)
+    np.testing.assert_array_equal(get_device("cpu").asarray(rm), running[0])
+    np.testing.assert_array_equal(get_device("cpu").asarray(rv), running[1])
+
+
+def test_constant_channel_is_finite(device):
+    x = np.full((2, 3, 4, 5), 7.0, np.float32)
+    x[:, 1] = data((2, 4, 5), np.float32)  # one normal channel beside the constant ones
+    gy = data(x.shape, np.float32, seed=1)
+    y, gx, dgamma, dbeta, rm, rv = run(device, x, np.ones(3, np.float32),
+                                       np.full(3, 0.5, np.float32), gy,
+                                       (np.zeros(3, np.float32), np.ones(3, np.float32)), True)
+    for a in (y, gx, dgamma, dbeta, rm, rv):
+        assert np.isfinite(get_device("cpu").asarray(a)).all()
+    assert_close(get_device("cpu").asarray(y)[:, 0], np.full((2, 4, 5), 0.5), dtype=np.float32)
+
+
+def test_large_mean_keeps_precision_float32(device):
+    """1e4 + unit noise in float32: E[x^2] - E[x]^2 would lose the variance entirely (x^2 ~ 1e8
+    has an ulp of 8); the two-pass variance keeps it to float32 precision."""
+    shape = (3, 4, 9, 10)
+    x, gy = data(shape, np.float32, shift=1e4), data(shape, np.float32, seed=1)
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, gx, _, _, _, rv = run(device, x, ones, zeros, gy, (zeros, ones), True, momentum=1.0)
+    ry, _, var, rgx, _, _ = reference(x, ones, zeros, gy)
+    m = x.size // 4
+    assert_close(rv, var * m / (m - 1), kind="float32_long")
+    # The float32 mean itself is rounded to ulp(1e4) / 2 = 5e-4: that, over a unit standard
+    # deviation, bounds the error of y and dx.
+    np.testing.assert_allclose(get_device("cpu").asarray(y), ry, atol=2e-3)
+    np.testing.assert_allclose(get_device("cpu").asarray(gx), rgx, atol=2e-3)
+
+
+def test_running_stats_as_tensors_are_updated_in_place(device):
+    x = data((2, 3, 4, 4), np.float64)
+    rm, rv = Tensor(np.zeros(3), device=device), Tensor(np.ones(3), device=device)
+    for _ in range(2):
+        F.batch_norm(Tensor(x, device=device), np.ones(3), np.zeros(3), rm, rv, True)
+    assert_close(rm.data, 0.19 * x.mean(axis=(0, 2, 3)))  # (1 - 0.9^2) * batch mean
+
+
+def test_bad_shapes_raise(device):
+    x = Tensor(data((2, 3, 4, 4), np.float32), device=device)
+    w, r = np.ones(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4, 4\).*\(4,\)"):
+        F.batch_norm(x, np.ones(4, np.float32), w, r, r.copy(), True)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        F.batch_norm(Tensor(data((1, 3, 1, 1), np.float32), device=device), w, w, r, r, True)
