@@ -20,8 +20,8 @@ def _mask(cls, yy, xx, cy, cx, size, angle, rng):
         return u * u + v * v <= r * r
     if cls == 2:  # side 0.85 size: about the disc's area, so area does not give the class either
         return np.maximum(abs(u), abs(v)) <= 0.85 * r
-    if cls == 3:  # equilateral, circumradius 1.15 r: inside its three edges (inradius half that)
-        return np.logical_and.reduce([u * np.cos(a) + v * np.sin(a) <= 0.575 * r
+    if cls == 3:  # equilateral, circumradius 1.3 r: inside its three edges (inradius half that)
+        return np.logical_and.reduce([u * np.cos(a) + v * np.sin(a) <= 0.65 * r
                                       for a in (np.pi / 2, np.pi * 7 / 6, np.pi * 11 / 6)])
     if cls == 4:
         d2 = u * u + v * v
@@ -55,10 +55,10 @@ def make_image(rng, image_size=64, max_objects=4, size_range=(0.25, 0.6), noise=
         cls = int(rng.integers(1, len(CLASSES)))
         for _ in range(10):  # re-draw the geometry until every earlier object stays >= 60 % visible
             size = rng.uniform(*size_range) * S
-            cy, cx = rng.uniform(0.15 * S, 0.85 * S, 2)
+            cy, cx = rng.uniform(0.15 * S, 0.85 * S, 2)  # so at least about half of it is inside
             m = _mask(cls, yy, xx, cy, cx, size, rng.uniform(0, 2 * np.pi), rng)
             left = np.bincount(inst[~m], minlength=len(areas))
-            if m.sum() >= 0.05 * S * S and np.all(left[1:] >= 0.6 * np.array(areas[1:])):
+            if np.all(left[1:] >= 0.6 * np.array(areas[1:])):
                 break
         else:
             continue
