@@ -1,0 +1,21 @@
+"""The DeepLabv3+ decoder (paper Sec. 3.1, Fig. 2; Tables 1-2; DESIGN.md s. 6)."""
+from .. import functional as F, nn
+from .aspp import conv3x3
+
+
+class Decoder(nn.Module):
+    """Low-level features -> 1x1 conv to ``low_level_channels`` (48) + BN + ReLU; the encoder
+    output upsampled bilinearly to their size and concatenated; two 3x3 convs of ``channels``
+    (separable in the Xception model) + BN + ReLU. The logits conv follows in DeepLab."""
+
+    def __init__(self, cin, low_level_cin, low_level_channels=48, channels=256, separable=False,
+                 rng=None):
+        self.low_level = nn.ConvBNReLU(low_level_cin, low_level_channels, 1, rng=rng)
+        self.refine = nn.Sequential(
+            conv3x3(cin + low_level_channels, channels, separable, rng=rng),
+            conv3x3(channels, channels, separable, rng=rng))
+
+    def forward(self, features, low_level):
+        low_level = self.low_level(low_level)
+        features = F.resize_bilinear(features, low_level.shape[2:], align_corners=True)
+        return self.refine(F.concat([features, low_level], axis=1))

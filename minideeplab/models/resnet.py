@@ -1,0 +1,74 @@
+"""ResNet-101 backbone as the official DeepLab code builds it (paper Sec. 4.2, Table 3):
+TF-slim's ResNet v1 "beta" variant. DESIGN.md s. 6."""
+
+from .. import functional as F, nn
+from .xception import scaled
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1 bottleneck (He et al. 2016), TF-slim form: 1x1 -> 3x3 (the stride and the
+    atrous rate) -> 1x1, added to a shortcut (1x1 conv + BN where the depth changes, else the
+    strided identity), then ReLU. ``unit_rate``: the multi-grid factor."""
+
+    def __init__(self, cin, depth, bottleneck, stride, unit_rate=1, rng=None):
+        self.conv1 = nn.ConvBNReLU(cin, bottleneck, 1, rng=rng)
+        self.conv2 = nn.ConvBNReLU(bottleneck, bottleneck, 3, stride, rng=rng)
+        self.conv3 = nn.ConvBNReLU(bottleneck, depth, 1, relu=False, rng=rng)
+        self.shortcut = (nn.ConvBNReLU(cin, depth, 1, stride, relu=False, rng=rng)
+                         if cin != depth else None)
+        self.design_stride, self.unit_rate = stride, unit_rate
+
+    def configure(self, stride, rate):
+        """Atrous form for set_output_stride: this unit's stride, and rate x multi-grid."""
+        self.conv2.conv.stride, self.conv2.conv.dilation = stride, rate * self.unit_rate
+        if self.shortcut is not None:
+            self.shortcut.conv.stride = stride
+
+    def forward(self, x):
+        if self.shortcut is not None:
+            shortcut = self.shortcut(x)
+        else:
+            s = self.conv2.conv.stride
+            shortcut = x[:, :, ::s, ::s] if s > 1 else x
+        return F.relu(self.conv3(self.conv2(self.conv1(x))) + shortcut)
+
+
+class ResNet(nn.Module):
+    """Stem of three 3x3 convs (64, 64, 128; the first stride 2) + 3x3 max pool stride 2, then
+    four blocks of ``units`` bottlenecks (depths 256, 512, 1024, 2048), the stride 2 of blocks 1-3
+    on their *last* unit (TF-slim), multi-grid (1, 2, 4) in block 4. ``forward`` returns
+    (stride-4 low-level features: the output of block 1 before its strided last unit, final)."""
+
+    stem_stride = 4
+
+    def __init__(self, width=1.0, units=(3, 4, 23, 3), multi_grid=(1, 2, 4), rng=None):
+        if units[0] < 2 or len(multi_grid) != units[3]:
+            raise ValueError(f"ResNet: units={units} needs >= 2 units in block 1 (the low-level "
+                             f"features precede its strided last unit) and one multi_grid factor "
+                             f"per block-4 unit, got multi_grid={multi_grid}")
+        c = lambda n: scaled(n, width)  # noqa: E731
+        self.stem = nn.Sequential(nn.ConvBNReLU(3, c(64), 3, stride=2, rng=rng),
+                                  nn.ConvBNReLU(c(64), c(64), 3, rng=rng),
+                                  nn.ConvBNReLU(c(64), c(128), 3, rng=rng),
+                                  nn.MaxPool2d(3, 2))
+        cin, blocks = c(128), []
+        for b, n in enumerate(units):
+            depth, stride = c(256 << b), 2 if b < 3 else 1
+            for i in range(n):
+                blocks.append(Bottleneck(cin, depth, depth // 4, stride if i == n - 1 else 1,
+                                         multi_grid[i] if b == 3 else 1, rng))
+                cin = depth
+        self.blocks = nn.Sequential(*blocks)
+        self.low_level_index = units[0] - 2
+        self.low_level_channels, self.out_channels = c(256), c(2048)
+
+    def units(self):
+        return list(self.blocks)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.low_level_index:
+                low_level = x
+        return low_level, x
