@@ -60,7 +60,8 @@ class _ShapeOps:
         if cin != cin_g * groups:
             raise ValueError(f"conv2d: input {x.shape} has {cin} channels; weight {w.shape} with "
                              f"groups={groups} expects {cin_g * groups}")
-        out = (n, cout, _out(h, kh, stride, padding, dilation), _out(wd, kw, stride, padding, dilation))
+        out = (n, cout, _out(h, kh, stride, padding, dilation),
+               _out(wd, kw, stride, padding, dilation))
         counted = out
         if self.space_to_batch and dilation > 1 and stride == 1:
             counted = out[:2] + tuple(-(-size // dilation) * dilation for size in out[2:])

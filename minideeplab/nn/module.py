@@ -98,7 +98,8 @@ class Module:
         missing = sorted(set(targets) - set(state))
         unexpected = sorted(set(state) - set(targets))
         if missing or unexpected:
-            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise ValueError(f"load_state_dict: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
         for k, (obj, attr) in targets.items():
             have, got = getattr(obj, attr).shape, np.shape(state[k])
             if have != got:
