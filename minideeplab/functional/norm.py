@@ -55,9 +55,9 @@ class BatchNorm(Function):
         self.gamma, self.mean, self.invstd = gamma, mean, 1 / xp.sqrt(var + self.eps)
         scale = gamma * self.invstd
         if not self.dev.uses_kernels:
+            y = self.d * scale[:, None] if self.training else xp.subtract(x3, mean[:, None])
             if not self.training:
-                self.d = x3 - mean[:, None]
-            y = self.d * scale[:, None]
+                y *= scale[:, None]
             y += beta[:, None]
             return y.reshape(x.shape)
         y = xp.empty_like(x3)
@@ -76,26 +76,28 @@ class BatchNorm(Function):
     def backward(self, gy):
         xp, M, invstd = self.dev.xp, self.M, self.invstd
         gy3 = xp.ascontiguousarray(gy).reshape(self.x3.shape)
-        if not self.dev.uses_kernels:
-            dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, self.d)
-        else:
+        if self.dev.uses_kernels:
             dbeta, dgd = self._moments(self.x3, self.mean, gy3, xp.zeros_like(self.mean))
-        dgamma, a = dgd * invstd, self.gamma * invstd  # dgd = sum(gy * (x - mean))
-        # dx = a * (gy - dbeta / M - xhat * dgamma / M) in training; in eval the statistics are
-        # constants and dx = a * gy.
-        k1, k2 = (dbeta / M, invstd * dgamma / M) if self.training else (0 * a, 0 * a)
-        if not self.dev.uses_kernels:
-            dx = self.d * k2[:, None]
-            xp.subtract(gy3, dx, out=dx)
-            dx -= k1[:, None]
-            dx *= a[:, None]
         else:
+            d = self.d if self.training else self.x3 - self.mean[:, None]
+            dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, d)
+        dgamma, a = dgd * invstd, self.gamma * invstd  # dgd = sum(gy * (x - mean))
+        # Training: dx = a * (gy - k1 - (x - mean) * k2), k1 = dbeta / M, k2 = invstd dgamma / M
+        # (the batch statistics depend on x); eval: the statistics are constants, dx = a * gy.
+        k1, k2 = (dbeta / M, invstd * dgamma / M) if self.training else (0 * a, 0 * a)
+        if self.dev.uses_kernels:
             dx = xp.empty_like(gy3)
             self.dev.launch(self.dev.module("norm", gy.dtype), "bn_backward_dx", grid_1d(dx.size),
                             256, (self.x3, gy3, self.mean, a, k1, k2, dx, dx.shape[1],
                                   dx.shape[2], dx.size))
+        elif self.training:
+            dx = d * k2[:, None]
+            xp.subtract(gy3, dx, out=dx)
+            dx -= k1[:, None]
+            dx *= a[:, None]
+        else:
+            dx = gy3 * a[:, None]
         return dx.reshape(gy.shape), dgamma, dbeta
-
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
     """Normalise each channel of NCHW ``x``, then scale by ``gamma`` and shift by ``beta``.
