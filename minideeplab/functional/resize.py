@@ -47,6 +47,13 @@ def _by_input(n_in, n_out, align_corners):
     return off, (np.arange(2 * n_out) % n_out)[order].astype(np.int32), w[order]
 
 
+@functools.lru_cache(maxsize=64)
+def _on_device(dev, dtype, tables, n_in, n_out, align_corners):
+    """``tables(n_in, n_out, align_corners)`` on ``dev``, weights as ``dtype``: copied once."""
+    return [dev.asarray(t, dtype=t.dtype if t.dtype.kind == "i" else dtype)
+            for t in tables(n_in, n_out, align_corners)]
+
+
 def _apply(xp, x, Ah, Aw):
     """Ah @ x @ Aw.T over the last two axes of (N, C, H, W) ``x``: the cheaper axis order."""
     N, C, H, W = x.shape
@@ -73,8 +80,8 @@ class ResizeBilinear(Function):
             return _apply(xp, x, _matrix(H, Ho, ac), _matrix(W, Wo, ac))
         x = xp.ascontiguousarray(x)
         y = xp.empty(x.shape[:2] + self.size, dtype=x.dtype)
-        tables = [xp.asarray(t, dtype=t.dtype if t.dtype.kind == "i" else x.dtype)
-                  for t in _axis(H, Ho, ac) + _axis(W, Wo, ac)]
+        tables = (_on_device(self.dev, x.dtype, _axis, H, Ho, ac) +
+                  _on_device(self.dev, x.dtype, _axis, W, Wo, ac))
         self.dev.launch(self.dev.module("resize", x.dtype), "resize_bilinear_forward",
                         grid_1d(y.size), 256, (x, *tables, y, H, W, Ho, Wo, y.size))
         return y
@@ -86,8 +93,8 @@ class ResizeBilinear(Function):
             return _apply(xp, gy, _matrix(H, Ho, ac).T, _matrix(W, Wo, ac).T)
         gy = xp.ascontiguousarray(gy)
         gx = xp.empty(self.in_shape, dtype=gy.dtype)
-        tables = [xp.asarray(t, dtype=t.dtype if t.dtype.kind == "i" else gy.dtype)
-                  for t in _by_input(H, Ho, ac) + _by_input(W, Wo, ac)]
+        tables = (_on_device(self.dev, gy.dtype, _by_input, H, Ho, ac) +
+                  _on_device(self.dev, gy.dtype, _by_input, W, Wo, ac))
         self.dev.launch(self.dev.module("resize", gy.dtype), "resize_bilinear_backward",
                         grid_1d(gx.size), 256, (gy, *tables, gx, H, W, Ho, Wo, gx.size))
         return gx
