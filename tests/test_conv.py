@@ -166,6 +166,8 @@ ERRORS = {
     "stride": ((1, 2, 5, 5), (2, 2, 3, 3), dict(stride=0), r"stride \(0, 0\)"),
     "dilation": ((1, 2, 5, 5), (2, 2, 3, 3), dict(dilation=(1, -1)), r"dilation \(1, -1\)"),
     "bias": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(3)), r"bias of shape \(3,\)"),
+    "dtype": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(2, np.float32)),
+              "dtypes differ: x float64, w float64, b float32"),
 }
 
 

@@ -132,6 +132,9 @@ class Conv2d(Function):
 
     def forward(self, x, w, b=None):
         g = self.g = _geometry(x.shape, w.shape, None if b is None else b.shape, *self.params)
+        if any(a.dtype != x.dtype for a in (w, x if b is None else b)):
+            raise ValueError(f"conv2d: dtypes differ: x {x.dtype}, w {w.dtype}"
+                             + ("" if b is None else f", b {b.dtype}"))
         # Depthwise: one input channel per group (Cout = C * multiplier).
         self.depthwise = g.groups == g.C and not _is_pointwise(g)
         if self.depthwise:
@@ -167,18 +170,29 @@ class Conv2d(Function):
 
 
 # -- depthwise, NumPy path -------------------------------------------------------------------
-# Channels-last inside: every tap is then a multiply-add whose innermost loop runs over the
-# channels (and whole rows), not over a handful of output columns, which is ~1.5-2x faster in
-# NumPy on DeepLab's small feature maps; the two transposes cost less than that.
+# Channels-last inside: every tap is then a multiply-add whose innermost loop runs over channels
+# (and whole rows), not over a handful of output columns, which is ~1.5-2x faster in NumPy on
+# DeepLab's small feature maps; the transposes cost less than that. One image at a time keeps the
+# working set in cache.
+
+def _channels_last(a):
+    """(N, C, H, W) -> contiguous (N, H, W, C), 64 channels at a time (a cache-blocked transpose,
+    ~1.5x faster than one strided copy)."""
+    out = np.empty((a.shape[0], *a.shape[2:], a.shape[1]), a.dtype)
+    for n in range(a.shape[0]):
+        for c in range(0, a.shape[1], 64):
+            out[n, ..., c:c + 64] = a[n, c:c + 64].transpose(1, 2, 0)
+    return out
+
 
 def _dw_numpy_forward(op, x, w):
     g = op.g
     m = g.Cout // g.C  # channel multiplier: output c*m + k reads input channel c
-    op.xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (N, H, W, C)
+    op.xh = _channels_last(x)  # (N, H, W, C)
     op.wt = w.reshape(g.C, m, g.kh * g.kw).transpose(2, 0, 1).copy()  # (taps, C, m)
     yh = np.zeros((g.N, g.Ho, g.Wo, g.C, m), x.dtype)
     buf = np.empty((g.Ho, g.Wo, g.C, m), x.dtype)
-    for n in range(g.N):  # one image at a time keeps the working set in cache
+    for n in range(g.N):
         for t, out, inp in _taps(g):
             part = buf[: out[0].stop - out[0].start, : out[1].stop - out[1].start]
             np.multiply(op.xh[(n, *inp)][..., None], op.wt[t], out=part)
@@ -188,22 +202,17 @@ def _dw_numpy_forward(op, x, w):
 
 def _dw_numpy_backward(op, gy):
     g = op.g
-    m = g.Cout // g.C
-    gyh = np.ascontiguousarray(gy.transpose(0, 2, 3, 1)).reshape(g.N, g.Ho, g.Wo, g.C, m)
-    gx = gw = None
-    if op.needs_grad[0]:
-        gxh = np.zeros_like(op.xh)
-        for n in range(g.N):
-            for t, out, inp in _taps(g):
-                gxh[(n, *inp)] += np.einsum("hwcm,cm->hwc", gyh[(n, *out)], op.wt[t])
-        gx = gxh.transpose(0, 3, 1, 2).copy()
-    if op.needs_grad[1]:
-        gwt = np.zeros_like(op.wt)  # (taps, C, m)
+    gyh = _channels_last(gy).reshape(g.N, g.Ho, g.Wo, g.C, g.Cout // g.C)
+    gxh = np.zeros_like(op.xh) if op.needs_grad[0] else None
+    gwt = np.zeros_like(op.wt) if op.needs_grad[1] else None  # (taps, C, m)
+    for n in range(g.N):
         for t, out, inp in _taps(g):
-            gwt[t] = np.einsum("nhwcm,nhwc->cm", gyh[(slice(None), *out)],
-                                op.xh[(slice(None), *inp)])
-        gw = gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw)
-    return gx, gw
+            if gxh is not None:
+                gxh[(n, *inp)] += np.einsum("hwcm,cm->hwc", gyh[(n, *out)], op.wt[t])
+            if gwt is not None:
+                gwt[t] += np.einsum("hwcm,hwc->cm", gyh[(n, *out)], op.xh[(n, *inp)])
+    return (None if gxh is None else gxh.transpose(0, 3, 1, 2).copy(),
+            None if gwt is None else gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw))
 
 
 # -- depthwise, kernel path ------------------------------------------------------------------
