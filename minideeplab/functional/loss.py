@@ -11,9 +11,11 @@ class SoftmaxCrossEntropy(Function):
     def forward(self, logits, labels):
         xp = self.dev.xp
         N, C = logits.shape[:2] if logits.ndim == 4 else (0, 0)
-        if logits.ndim != 4 or labels.shape != (N,) + logits.shape[2:] or labels.dtype.kind not in "iu":
+        if (logits.ndim != 4 or labels.shape != (N,) + logits.shape[2:]
+                or labels.dtype.kind not in "iu"):
             raise ValueError(f"softmax_cross_entropy: logits must be (N, C, H, W) and labels "
-                             f"integer (N, H, W), got {logits.shape} and {labels.dtype} {labels.shape}")
+                             f"integer (N, H, W), got {logits.shape} and {labels.dtype} "
+                             f"{labels.shape}")
         self.valid = labels != self.ignore
         bad = self.valid & ((labels < 0) | (labels >= C))
         if bad.any():

@@ -55,8 +55,10 @@ class BatchNorm(Function):
         self.gamma, self.mean, self.invstd = gamma, mean, 1 / xp.sqrt(var + self.eps)
         scale = gamma * self.invstd
         if not self.dev.uses_kernels:
-            y = self.d * scale[:, None] if self.training else xp.subtract(x3, mean[:, None])
-            if not self.training:
+            if self.training:
+                y = self.d * scale[:, None]
+            else:  # one new array: (x - mean) * scale in place
+                y = x3 - mean[:, None]
                 y *= scale[:, None]
             y += beta[:, None]
             return y.reshape(x.shape)

@@ -1,6 +1,6 @@
-// Batch normalisation (Ioffe & Szegedy 2015; DESIGN.md s. 3 and 8) on contiguous (N, C, L) arrays,
-// L = H * W. The per-channel mean comes from reduce.cu's channel_sum; the variance and the
-// backward's sums come from bn_moments, the same one-block-per-channel tree reduction with two sums.
+// Batch normalisation (Ioffe & Szegedy 2015; DESIGN.md s. 3 and 8) on contiguous (N, C, L)
+// arrays, L = H * W. The per-channel mean comes from reduce.cu's channel_sum; the variance and the
+// backward's sums come from bn_moments, the same one-block-per-channel tree reduction, two sums.
 
 #define BN_BLOCK 256  // = CHANNEL_SUM_BLOCK in functional/reduce.py: the shared arrays' size
 
