@@ -32,6 +32,25 @@ def test_conv_gradient(name, device):
                    device=device, mode="elementwise")
 
 
+# Larger cases, checked along random directions: they reach the kernels' loops that tiny shapes
+# skip (each thread of the depthwise weight reduction summing several of the N*Ho*Wo positions;
+# more (channel, tap) pairs than the 4096 blocks it launches).
+LARGE = {
+    "depthwise_long_reduction": ((2, 2, 27, 25), (2, 1, 3, 3),
+                                 dict(stride=2, padding=2, dilation=2, groups=2)),
+    "depthwise_many_pairs": ((1, 460, 2, 3), (460, 1, 3, 3), dict(padding=1, groups=460)),
+    "dense_long": ((2, 3, 19, 17), (4, 3, 3, 3), dict(padding=3, dilation=3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LARGE))
+def test_conv_gradient_directional(name, device):
+    xs, ws, kw = LARGE[name]
+    check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
+                                                            normal(ws[0])],
+                   device=device, mode="directional")
+
+
 def test_separable_gradient(device):
     check_backward(lambda x, wd, wp: F.separable_conv2d(x, wd, wp, rate=2),
                    [normal(1, 2, 4, 4), normal(2, 1, 3, 3), normal(3, 2, 1, 1)], device=device)

@@ -102,7 +102,7 @@ def _im2col(dev, x, g):
         cols = xp.empty(shape, x.dtype)
         _launch(dev, x.dtype, "im2col", cols.size, (xp.ascontiguousarray(x), cols) + _geom_args(g))
         return cols
-    cols = xp.zeros(shape, x.dtype)
+    cols = np.zeros(shape, x.dtype)  # padding stays zero
     view = cols.reshape(g.N, g.C, g.kh * g.kw, g.Ho, g.Wo)
     for t, out, inp in _taps(g):
         view[:, :, t][(..., *out)] = x[(..., *inp)]
@@ -114,10 +114,11 @@ def _col2im(dev, cols, g):
     if _is_pointwise(g):
         return cols.reshape(g.N, g.C, g.H, g.W)
     xp = dev.xp
-    gx = xp.zeros((g.N, g.C, g.H, g.W), cols.dtype)
-    if dev.uses_kernels:
+    if dev.uses_kernels:  # the kernel writes every pixel
+        gx = xp.empty((g.N, g.C, g.H, g.W), cols.dtype)
         _launch(dev, cols.dtype, "col2im", gx.size, (xp.ascontiguousarray(cols), gx) + _geom_args(g))
         return gx
+    gx = np.zeros((g.N, g.C, g.H, g.W), cols.dtype)
     view = cols.reshape(g.N, g.C, g.kh * g.kw, g.Ho, g.Wo)
     for t, out, inp in _taps(g):
         gx[(..., *inp)] += view[:, :, t][(..., *out)]
