@@ -23,13 +23,16 @@ class SoftmaxCrossEntropy(Function):
                              f"and not ignore_index {self.ignore}")
         self.count = xp.maximum(xp.count_nonzero(self.valid), 1)  # all ignored: 0 / 1, not NaN
         if not self.dev.uses_kernels:
-            self.labels = xp.where(self.valid, labels, 0)  # ignored pixels pick 0, weighted 0
             z = logits - logits.max(axis=1, keepdims=True)  # max-subtracted: exp never overflows
             self.p = xp.exp(z)
             s = self.p.sum(axis=1, keepdims=True)
             self.p /= s
-            logp = xp.take_along_axis(z, self.labels[:, None], 1) - xp.log(s)
-            return -(logp[:, 0] * self.valid).sum() / self.count.astype(logits.dtype)
+            # Flat index of each pixel's label logit; ignored pixels pick class 0, weighted 0.
+            HW = labels[0].size
+            label = xp.where(self.valid, labels, 0).reshape(N, HW)
+            self.pick = (xp.arange(N)[:, None] * C + label) * HW + xp.arange(HW)
+            logp = z.ravel()[self.pick] - xp.log(s).reshape(N, HW)
+            return -(logp * self.valid.reshape(N, HW)).sum() / self.count.astype(logits.dtype)
         logits = xp.ascontiguousarray(logits)
         self.labels = xp.where(self.valid, labels.astype(xp.int32), -1)  # -1 marks ignored
         self.p, loss = xp.empty_like(logits), xp.empty(labels.shape, dtype=logits.dtype)
@@ -42,9 +45,10 @@ class SoftmaxCrossEntropy(Function):
         xp = self.dev.xp
         scale = (gy / self.count.astype(gy.dtype)).reshape(1)
         if not self.dev.uses_kernels:
-            C = self.p.shape[1]
-            onehot = xp.arange(C)[:, None, None] == self.labels[:, None]
-            return (self.p - onehot) * (self.valid[:, None] * scale), None
+            w = self.valid[:, None] * scale  # (N, 1, H, W): 0 on ignored pixels
+            gx = self.p * w
+            gx.ravel()[self.pick] -= w.reshape(self.pick.shape)  # - onehot: one element a pixel
+            return gx, None
         gx = xp.empty_like(self.p)
         self.dev.launch(self.dev.module("loss", gx.dtype), "softmax_xent_backward",
                         grid_1d(gx.size), 256, (self.p, self.labels, scale.astype(gx.dtype), gx,
