@@ -54,6 +54,15 @@ def test_matches_reference(device, shape, dtype):
     assert_close(grad, ref_grad, dtype=dtype)
 
 
+def test_non_contiguous_logits(device):
+    logits, labels = case((2, 3, 4, 5), np.float64)
+    strided = np.asfortranarray(logits)[:, :, :, :]
+    loss, grad = run(device, strided, labels)
+    ref_loss, ref_grad = reference(logits, labels)
+    assert_close(loss, ref_loss)
+    assert_close(grad, ref_grad)
+
+
 def test_labels_as_tensor_or_uint8_and_other_ignore_index(device):
     logits, labels = case((2, 4, 3, 5), np.float64)
     labels[labels == 255] = 3  # class 3 is now the ignored one

@@ -22,6 +22,7 @@ class SoftmaxCrossEntropy(Function):
             raise ValueError(f"softmax_cross_entropy: label {int(labels[bad][0])} outside [0, {C}) "
                              f"and not ignore_index {self.ignore}")
         self.count = xp.maximum(xp.count_nonzero(self.valid), 1)  # all ignored: 0 / 1, not NaN
+        logits = xp.ascontiguousarray(logits)  # both paths index it as flat C-order memory
         if not self.dev.uses_kernels:
             z = logits - logits.max(axis=1, keepdims=True)  # max-subtracted: exp never overflows
             self.p = xp.exp(z)
@@ -33,7 +34,6 @@ class SoftmaxCrossEntropy(Function):
             self.pick = (xp.arange(N)[:, None] * C + label) * HW + xp.arange(HW)
             logp = z.ravel()[self.pick] - xp.log(s).reshape(N, HW)
             return -(logp * self.valid.reshape(N, HW)).sum() / self.count.astype(logits.dtype)
-        logits = xp.ascontiguousarray(logits)
         self.labels = xp.where(self.valid, labels.astype(xp.int32), -1)  # -1 marks ignored
         self.p, loss = xp.empty_like(logits), xp.empty(labels.shape, dtype=logits.dtype)
         self.dev.launch(self.dev.module("loss", logits.dtype), "softmax_xent_forward",
