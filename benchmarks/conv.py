@@ -106,6 +106,11 @@ def torch_case(name, x, w, gy, rate, groups, fwd_bytes, bwd_bytes, flops, device
     report(f"torch {name} bwd", time_fn(backward), bwd_bytes, 2 * flops)
 
 
+def torch_sees_gpu():
+    import torch
+    return torch.cuda.is_available()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="batch 1 and 3 repeats (under a minute)")
@@ -121,7 +126,7 @@ def main():
         done = {name: run_case(name, batch, repeat, device) for name in CASES if args.cases in name}
         # PyTorch after all of ours: on 2 cores, BLAS and OpenMP threads of the two libraries
         # would otherwise spin against each other.
-        if importlib.util.find_spec("torch"):
+        if importlib.util.find_spec("torch") and (device == "cpu" or torch_sees_gpu()):
             for name, case in done.items():
                 torch_case(name, *case, device, repeat)
 
