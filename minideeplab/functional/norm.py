@@ -40,8 +40,8 @@ class BatchNorm(Function):
             mean, var = (r.astype(x.dtype) for r in self.running)
         elif not self.dev.uses_kernels:
             mean = x3.sum(axis=2).sum(axis=0) / M  # NumPy sums pairwise along the contiguous axis
-            self.d = x3 - mean[:, None]
-            var = _rowdot(xp, self.d, self.d) / M
+            y = x3 - mean[:, None]  # the deviations, made into y in place below
+            var = _rowdot(xp, y, y) / M
         else:
             mean0 = channel_sum(x3[..., None], self.dev) / M
             s1, s2 = self._moments(x3, mean0, x3, mean0)
@@ -55,11 +55,11 @@ class BatchNorm(Function):
         self.gamma, self.mean, self.invstd = gamma, mean, 1 / xp.sqrt(var + self.eps)
         scale = gamma * self.invstd
         if not self.dev.uses_kernels:
-            if self.training:
-                y = self.d * scale[:, None]
-            else:  # one new array: (x - mean) * scale in place
+            # One new array, no saved deviations: the backward recomputes them from x (which
+            # the graph keeps anyway), halving the memory batch norm holds for it.
+            if not self.training:
                 y = x3 - mean[:, None]
-                y *= scale[:, None]
+            y *= scale[:, None]
             y += beta[:, None]
             return y.reshape(x.shape)
         y = xp.empty_like(x3)
@@ -81,7 +81,7 @@ class BatchNorm(Function):
         if self.dev.uses_kernels:
             dbeta, dgd = self._moments(self.x3, self.mean, gy3, xp.zeros_like(self.mean))
         else:
-            d = self.d if self.training else self.x3 - self.mean[:, None]
+            d = self.x3 - self.mean[:, None]
             dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, d)
         dgamma, a = dgd * invstd, self.gamma * invstd  # dgd = sum(gy * (x - mean))
         # Training: dx = a * (gy - k1 - (x - mean) * k2), k1 = dbeta / M, k2 = invstd dgamma / M
@@ -92,9 +92,10 @@ class BatchNorm(Function):
             self.dev.launch(self.dev.module("norm", gy.dtype), "bn_backward_dx", grid_1d(dx.size),
                             256, (self.x3, gy3, self.mean, a, k1, k2, dx, dx.shape[1],
                                   dx.shape[2], dx.size))
-        elif self.training:
-            dx = d * k2[:, None]
-            xp.subtract(gy3, dx, out=dx)
+        elif self.training:  # in place in d: ((gy - k1) - d * k2) * a
+            dx = d
+            dx *= -k2[:, None]
+            dx += gy3
             dx -= k1[:, None]
             dx *= a[:, None]
         else:
