@@ -6,12 +6,13 @@ the final x4 of 21 logits 129x129 -> 513x513, ASPP image pooling of 2048 channel
 The NumPy path is timed on the CPU (perf_counter medians) after a check of image 0 against SciPy's
 order-1 interpolation; on a GPU the kernels are first checked against the NumPy path, then timed
 with CUDA events. GB/s counts the bytes that must move: each input read once, each output written
-once. When torch is importable the same case runs in PyTorch.
+once. When torch is importable the same cases then run in PyTorch.
 
     python benchmarks/resize.py            # batch 8
     python benchmarks/resize.py --quick    # batch 1, 3 repeats: under a minute on 2 CPU cores
 """
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -72,20 +73,18 @@ def run_case(name, batch, repeat, device):
 
     with mdl.no_grad():
         ms = [time_fn(lambda: op(size)(X)), time_fn(backward)]
-    torch_ms = torch_times(x, gy, size, device, time_fn)
     moved = nbytes(x.shape, gy.shape)
     # 4 taps (3 lerps = 6 flops) per resized output; 1 add per pooled input.
     flops = 6 * gy.size if size else x.size
-    return [report(f"{name} {what}", m, moved, flops, f"{m / t:.2f}x torch" if t else "")
-            for what, m, t in zip(("fwd", "bwd"), ms, torch_ms)]
+    rows = [(f"{name} {what}", m, moved, flops) for what, m in zip(("fwd", "bwd"), ms)]
+    for row in rows:
+        report(*row)
+    return rows, lambda: torch_times(x, gy, size, device, time_fn)
 
 
 def torch_times(x, gy, size, device, time_fn):
-    """PyTorch's forward and backward times for the same case, or Nones without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None, None
+    """PyTorch's forward and backward times for the same case (only when torch is importable)."""
+    import torch
     fn = torch.nn.functional
     dev = "cuda" if device == "cuda" else "cpu"
     X, GY = torch.tensor(x, device=dev, requires_grad=True), torch.tensor(gy, device=dev)
@@ -112,8 +111,18 @@ def main():
     repeat = args.repeat or (3 if args.quick else 5)
     for device in ["cpu"] + (["cuda"] if gpu_available() else []):
         print(f"-- {device}, batch {batch}, float32")
-        for name in CASES:
-            run_case(name, batch, repeat, device)
+        done = [run_case(name, batch, repeat, device) for name in CASES]
+        # PyTorch after all of ours: on 2 cores the BLAS and OpenMP threads of the two libraries
+        # spin against each other when they alternate.
+        if importlib.util.find_spec("torch") and (device == "cpu" or torch_sees_gpu()):
+            for rows, torch_run in done:
+                for (name, ms, moved, flops), t in zip(rows, torch_run()):
+                    report(f"torch {name}", t, moved, flops, f"ours {ms / t:.2f}x torch's time")
+
+
+def torch_sees_gpu():
+    import torch
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":
