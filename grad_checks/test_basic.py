@@ -55,3 +55,11 @@ def test_directional_mode_catches_a_wrong_gradient(device):
         check_backward(lambda x: Twice()(x), [normal(30, 30)], device=device, mode="directional")
     with pytest.raises(AssertionError, match=r"input 0.*max abs error"):
         check_backward(lambda x: Twice()(x), [normal(3)], device=device, mode="elementwise")
+
+
+def test_integer_inputs_pass_through_as_constants(device):
+    """Labels and indices are not perturbed: they reach ``fn`` with their integer dtype."""
+    def fn(x, k):
+        assert k.dtype.kind == "i", k.dtype
+        return x * F.reshape(k, (3,))
+    check_backward(fn, [normal(3), np.array([1, 2, 3])], device=device)

@@ -43,8 +43,8 @@ def check_backward(fn, inputs, grad_output=None, device=None, eps=1e-6, atol=1e-
             return float((run(arrs, False)[1].numpy() * gy).sum())
 
     def central(deltas):
-        plus = [a + deltas.get(i, 0) * eps for i, a in enumerate(arrays)]
-        minus = [a - deltas.get(i, 0) * eps for i, a in enumerate(arrays)]
+        plus = [a + deltas[i] * eps if i in deltas else a for i, a in enumerate(arrays)]
+        minus = [a - deltas[i] * eps if i in deltas else a for i, a in enumerate(arrays)]
         return (loss(plus) - loss(minus)) / (2 * eps)
 
     total = sum(arrays[i].size for i in checked)
