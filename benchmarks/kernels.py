@@ -1,0 +1,363 @@
+"""Every kernel family at the paper's shapes (batch 8 at 513x513, output stride 16; issue 9,
+DESIGN.md s. 10), against the measured roofline and PyTorch.
+
+Families: depthwise atrous conv (forward, backward-input, backward-weight) at 728 and 2048
+channels 33x33, rates 1/6/12/18; im2col/col2im (the stem's dense 3x3 convs); batch norm (train
+forward, backward) at 256 and 304 channels 129x129 and 728 and 2048 at 33x33; bilinear resize and
+global average pooling; softmax cross-entropy at 21x513x513; ReLU.
+
+Each op is timed whole ("fwd", "bwd": our kernels plus the CuPy glue around them). On ``cuda`` and
+``emu`` the op's kernel launches are also recorded (common.LaunchLog) and each replayed alone with
+the op's exact arguments, so every kernel gets its own row; on ``cpu`` the NumPy path is timed.
+Kernel-path results are first checked against the NumPy path. Bytes are those that must move,
+counted by hand below per kernel (each input read once, each output written once), so
+"% of copy" is the fraction of a measured device-to-device copy's bandwidth; a kernel that reads
+its input twice shows it. FLOPs count a multiply-add as 2 and every tap, padding included.
+
+PyTorch, when importable, runs the same cases afterwards: FP32, NCHW, TF32 off (its cuDNN convs
+use TF32 by default: torch.backends.cudnn.allow_tf32). Its FP32 NCHW *dilated* depthwise convs run
+on its own native CUDA kernels, not cuDNN (cuDNN only for channels_last, or FP16/BF16 without
+dilation), so that row compares kernel with kernel. Depthwise backward-input and backward-weight
+are timed apart through aten.convolution_backward's output mask; im2col/col2im against
+F.unfold/F.fold.
+
+    python benchmarks/kernels.py --device cuda --json benchmarks/results/h100-DATE.json
+    python benchmarks/kernels.py --device cpu             # the NumPy path, batch 8
+    python benchmarks/kernels.py --device emu --quick     # small shapes: exercises the harness
+"""
+import argparse
+import contextlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import minideeplab as mdl  # noqa: E402
+import minideeplab.functional as F  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LaunchLog, conv_flops, copy_bandwidth, default_json_path, device_info, gemm_gflops,
+    gpu_available, nbytes, report, synchronize, timer, write_json)
+
+
+@dataclass
+class Case:
+    """One op at one shape. ``make(device)`` -> (fn, tensors): ``fn(*tensors)`` is the op, and
+    the tensors that require grad get gradients. ``moves``: (phase, kernel or "op") ->
+    (bytes that must move, FLOPs), counted by hand. ``torch(T)``: row -> PyTorch callable, T the
+    same inputs as torch tensors (named like ``arrays``)."""
+    name: str
+    arrays: dict
+    make: object
+    moves: dict
+    torch: object
+    grad_out: bool = True  # False: a scalar output, backward seeds 1
+    rows: dict = field(default_factory=dict)
+
+
+def _rng_arrays(seed, **shapes):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
+
+
+def depthwise_case(n, c, hw, rate):
+    a = _rng_arrays(0, x=(n, c, hw, hw), w=(c, 1, 3, 3), gy=(n, c, hw, hw))
+    a["w"] /= 3
+    x, w = a["x"].shape, a["w"].shape
+    fl = conv_flops(n, c, c, hw, hw, 3, 3, groups=c)
+    kw = dict(padding=rate, dilation=rate, groups=c)
+
+    def torch_rows(T):
+        import torch
+        bwd = lambda mask: torch.ops.aten.convolution_backward(  # noqa: E731
+            T["gy"], T["x"], T["w"], None, [1, 1], [rate, rate], [rate, rate], False, [0, 0], c,
+            mask)
+        fwd = lambda: torch.nn.functional.conv2d(T["x"], T["w"], **kw)  # noqa: E731
+        return {("fwd", "op"): fwd, ("fwd", "depthwise_forward"): fwd,
+                ("bwd", "depthwise_backward_input"): lambda: bwd([True, False, False]),
+                ("bwd", "depthwise_backward_weight"): lambda: bwd([False, True, False]),
+                ("bwd", "op"): lambda: bwd([True, True, False])}
+    return Case(
+        f"depthwise 3x3 {c}ch {hw}x{hw} rate {rate}", a,
+        lambda dev: (lambda X, W: F.conv2d(X, W, **kw),
+                     [mdl.Tensor(a[k], requires_grad=True, device=dev) for k in ("x", "w")]),
+        {("fwd", "op"): (nbytes(x, w, x), fl), ("fwd", "depthwise_forward"): (nbytes(x, w, x), fl),
+         ("bwd", "op"): (nbytes(x, x, w, x, w), 2 * fl),  # gy, x, w in; gx, gw out
+         ("bwd", "depthwise_backward_input"): (nbytes(x, w, x), fl),  # gy, w in; gx out
+         ("bwd", "depthwise_backward_weight"): (nbytes(x, x, w), fl)},  # x, gy in; gw out
+        torch_rows)
+
+
+def im2col_case(n, cin, cout, hw, stride):
+    ho = (hw - 1) // stride + 1
+    a = _rng_arrays(0, x=(n, cin, hw, hw), w=(cout, cin, 3, 3), gy=(n, cout, ho, ho))
+    x, w, y, cols = a["x"].shape, a["w"].shape, a["gy"].shape, (n, cin * 9, ho * ho)
+    fl = conv_flops(n, cin, cout, ho, ho, 3, 3)
+    kw = dict(stride=stride, padding=1)
+
+    def torch_rows(T):
+        import torch
+        fn = torch.nn.functional
+        unfolded = fn.unfold(T["x"], 3, padding=1, stride=stride)
+        return {("fwd", "op"): lambda: fn.conv2d(T["x"], T["w"], **kw),
+                ("fwd", "im2col"): lambda: fn.unfold(T["x"], 3, padding=1, stride=stride),
+                ("bwd", "col2im"): lambda: fn.fold(unfolded, (hw, hw), 3, padding=1,
+                                                   stride=stride)}
+    return Case(
+        f"conv 3x3 {cin}->{cout} {hw}x{hw} stride {stride}", a,
+        lambda dev: (lambda X, W: F.conv2d(X, W, **kw),
+                     [mdl.Tensor(a[k], requires_grad=True, device=dev) for k in ("x", "w")]),
+        {("fwd", "op"): (nbytes(x, w, y), fl), ("fwd", "im2col"): (nbytes(x, cols), 0),
+         ("bwd", "op"): (nbytes(y, x, w, x, w), 2 * fl),
+         ("bwd", "col2im"): (nbytes(cols, x), int(np.prod(cols)))},  # one add per column entry
+        torch_rows)
+
+
+def bn_case(n, c, hw):
+    a = _rng_arrays(0, x=(n, c, hw, hw), gy=(n, c, hw, hw), gamma=(c,), beta=(c,))
+    x, e = a["x"].shape, a["x"].size
+
+    def make(dev):
+        d = mdl.get_device(dev)
+        rm, rv = d.asarray(np.zeros(c, np.float32)), d.asarray(np.ones(c, np.float32))
+        return (lambda X, G, B: F.batch_norm(X, G, B, rm, rv, True),
+                [mdl.Tensor(a[k], requires_grad=True, device=dev) for k in ("x", "gamma", "beta")])
+
+    def torch_rows(T):
+        import torch
+        rm, rv = torch.zeros(c, device=T["x"].device), torch.ones(c, device=T["x"].device)
+        fwd = lambda: torch.nn.functional.batch_norm(  # noqa: E731
+            T["x"], rm, rv, T["gamma"], T["beta"], True)
+        return {("fwd", "op"): fwd, ("bwd", "op"): _torch_backward(fwd, T, ("x", "gamma", "beta"))}
+    return Case(
+        f"batch_norm {c}ch {hw}x{hw}", a, make,
+        # Per element: forward mean, deviation, its square, scale, shift; backward two products
+        # into the sums and four to form dx.
+        {("fwd", "op"): (nbytes(x, x), 5 * e), ("fwd", "channel_sum"): (nbytes(x), e),
+         ("fwd", "bn_moments"): (nbytes(x), 3 * e), ("fwd", "bn_forward"): (nbytes(x, x), 2 * e),
+         ("bwd", "op"): (nbytes(x, x, x), 6 * e), ("bwd", "bn_moments"): (nbytes(x, x), 3 * e),
+         ("bwd", "bn_backward_dx"): (nbytes(x, x, x), 4 * e)},
+        torch_rows)
+
+
+def resize_case(n, c, hw, out):
+    a = _rng_arrays(0, x=(n, c, hw, hw), gy=(n, c, out, out))
+    moved, fl = nbytes(a["x"].shape, a["gy"].shape), 6 * a["gy"].size  # 3 lerps per output
+
+    def torch_rows(T):
+        import torch
+        fwd = lambda: torch.nn.functional.interpolate(  # noqa: E731
+            T["x"], size=(out, out), mode="bilinear", align_corners=True)
+        return {("fwd", "op"): fwd, ("fwd", "resize_bilinear_forward"): fwd,
+                ("bwd", "op"): _torch_backward(fwd, T, ("x",)),
+                ("bwd", "resize_bilinear_backward"): _torch_backward(fwd, T, ("x",))}
+    return Case(
+        f"resize {c}ch {hw}x{hw} -> {out}x{out}", a,
+        lambda dev: (lambda X: F.resize_bilinear(X, (out, out)),
+                     [mdl.Tensor(a["x"], requires_grad=True, device=dev)]),
+        {(p, k): (moved, fl) for p, k in (("fwd", "op"), ("fwd", "resize_bilinear_forward"),
+                                          ("bwd", "op"), ("bwd", "resize_bilinear_backward"))},
+        torch_rows)
+
+
+def pool_case(n, c, hw):
+    a = _rng_arrays(0, x=(n, c, hw, hw), gy=(n, c, 1, 1))
+    x = a["x"].shape
+
+    def torch_rows(T):
+        import torch
+        fwd = lambda: torch.nn.functional.adaptive_avg_pool2d(T["x"], 1)  # noqa: E731
+        return {("fwd", "op"): fwd, ("fwd", "channel_sum"): fwd}
+    return Case(
+        f"global_avg_pool {c}ch {hw}x{hw}", a,
+        lambda dev: (F.global_avg_pool, [mdl.Tensor(a["x"], requires_grad=True, device=dev)]),
+        # The backward is a broadcast view: nothing must move until its consumer reads it.
+        {("fwd", "op"): (nbytes(x), a["x"].size), ("fwd", "channel_sum"): (nbytes(x), a["x"].size)},
+        torch_rows)
+
+
+def loss_case(n, classes, hw):
+    a = _rng_arrays(0, x=(n, classes, hw, hw))
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, classes, (n, hw, hw)).astype(np.int64)
+    labels[rng.random(labels.shape) < 0.05] = 255  # VOC's boundary band
+    x, lab32, pix = a["x"].shape, labels.shape, (n, hw, hw)
+    fl = 5 * a["x"].size  # max, subtract, exp, sum, divide per logit
+
+    def torch_rows(T):
+        import torch
+        lab = torch.as_tensor(labels, device=T["x"].device)
+        fwd = lambda: torch.nn.functional.cross_entropy(T["x"], lab, ignore_index=255)  # noqa: E731
+        return {("fwd", "op"): fwd, ("bwd", "op"): _torch_backward(fwd, T, ("x",))}
+    def make(dev):
+        lab = mdl.Tensor(labels, device=dev)  # moved to the device once, not per call
+        return (lambda X: F.softmax_cross_entropy(X, lab),
+                [mdl.Tensor(a["x"], requires_grad=True, device=dev)])
+    return Case(
+        f"softmax_xent {classes}ch {hw}x{hw}", a, make,
+        # The op must read logits and labels forward, and again backward to write the gradient;
+        # our forward also writes the probabilities (the backward reads them instead of logits).
+        {("fwd", "op"): (nbytes(x, lab32), fl),
+         ("fwd", "softmax_xent_forward"): (nbytes(x, lab32, x, pix), fl),
+         ("bwd", "op"): (nbytes(x, lab32, x), 2 * a["x"].size),
+         ("bwd", "softmax_xent_backward"): (nbytes(x, lab32, x), 2 * a["x"].size)},
+        torch_rows, grad_out=False)
+
+
+def relu_case(n, c, hw):
+    a = _rng_arrays(0, x=(n, c, hw, hw), gy=(n, c, hw, hw))
+    x, e = a["x"].shape, a["x"].size
+
+    def torch_rows(T):
+        import torch
+        y = torch.relu(T["x"])
+        return {("fwd", "op"): lambda: torch.relu(T["x"]),
+                ("bwd", "op"): lambda: torch.ops.aten.threshold_backward(T["gy"], y, 0)}
+    return Case(
+        f"relu {c}ch {hw}x{hw}", a,
+        lambda dev: (F.relu, [mdl.Tensor(a["x"], requires_grad=True, device=dev)]),
+        {("fwd", "op"): (nbytes(x, x), e), ("fwd", "relu_forward"): (nbytes(x, x), e),
+         ("bwd", "op"): (nbytes(x, x, x), e), ("bwd", "relu_backward"): (nbytes(x, x, x), e)},
+        torch_rows)
+
+
+def _torch_backward(fwd, T, names):
+    """PyTorch's backward of ``fwd()`` into the inputs ``names``, on a graph kept between calls."""
+    import torch
+    ins = [T[k].requires_grad_() for k in names]
+    y = fwd()
+    gy = T["gy"] if "gy" in T and T["gy"].shape == y.shape else torch.ones_like(y)
+    return lambda: torch.autograd.grad(y, ins, gy, retain_graph=True)
+
+
+def cases(quick):
+    """The paper's shapes at batch 8 (output stride 16: 33x33 backbone end, 129x129 decoder,
+    257x257 after the stem's stride 2); ``quick``: batch 1, ~1/32 of the channels and small maps,
+    enough to run every code path (on emu) in seconds."""
+    n = 1 if quick else 8
+    ch = (lambda c: max(4, c // 32)) if quick else (lambda c: c)
+    s33, s129, s257, s513 = (5, 17, 33, 65) if quick else (33, 129, 257, 513)
+    return ([depthwise_case(n, ch(c), s33, r) for c in (728, 2048) for r in (1, 6, 12, 18)]
+            + [im2col_case(n, 3, ch(32) if quick else 32, s513, 2),
+               im2col_case(n, ch(32), ch(64), s257, 1)]
+            + [bn_case(n, ch(c), s129) for c in (256, 304)]
+            + [bn_case(n, ch(c), s33) for c in (728, 2048)]
+            + [resize_case(n, ch(256), s33, s129), resize_case(n, 21, s129, s513),
+               resize_case(n, ch(256), 1, s33), pool_case(n, ch(2048), s33),
+               loss_case(n, 21, s513), relu_case(n, ch(256), s129)])
+
+
+def run_ours(case, device, repeat, peak_bw):
+    """Check (kernel path), time the op and, on the kernel path, each of its kernels."""
+    def prepare(dev):
+        fn, ins = case.make(dev)
+        y = fn(*ins)
+        gy = mdl.Tensor(case.arrays["gy"], device=dev) if case.grad_out else None
+
+        def backward():
+            for t in ins:
+                t.grad = None
+            y.backward(gy, retain_graph=True)
+        backward()
+        return (lambda: fn(*ins)), backward, [y.data] + [t.grad for t in ins]
+
+    fwd, bwd, got = prepare(device)
+    dev = mdl.get_device(device)
+    if dev.uses_kernels:  # the kernels against the NumPy path
+        for g, want in zip(got, prepare("cpu")[2]):
+            np.testing.assert_allclose(mdl.Tensor(g).numpy(), want, rtol=1e-3, atol=1e-3,
+                                       err_msg=case.name)
+    time_fn = timer(device, repeat)
+    with mdl.no_grad():
+        for phase, op in (("fwd", fwd), ("bwd", bwd)):
+            if (phase, "op") not in case.moves:
+                continue
+            case.rows[phase, "op"] = report(f"{case.name} {phase}", time_fn(op),
+                                            *case.moves[phase, "op"], peak_gbps=peak_bw)
+            if not dev.uses_kernels:
+                continue
+            with LaunchLog(dev) as log:
+                op()
+            synchronize(device)
+            for call in log.calls:  # each launch alone, exact arguments
+                if (phase, call.kernel) not in case.moves:
+                    raise KeyError(f"{case.name}: count the bytes of {phase} kernel "
+                                   f"{call.kernel!r} in its case's moves")
+                key = (phase, call.kernel)
+                if key in case.rows:  # one kernel launched twice in a phase: a second row
+                    key = (phase, f"{call.kernel} #2")
+                case.rows[key] = report(f"  {call.kernel}", time_fn(lambda: log.replay(call)),
+                                        *case.moves[phase, call.kernel], peak_gbps=peak_bw)
+
+
+def run_torch(case, device, repeat, peak_bw):
+    """The same rows in PyTorch (FP32, TF32 off), with ours / PyTorch's time."""
+    import torch
+    dev = "cuda" if device == "cuda" else "cpu"
+    T = {k: torch.tensor(v, device=dev) for k, v in case.arrays.items()}
+    time_fn = timer(device, repeat)
+    for key, fn in case.torch(T).items():
+        if key not in case.rows:
+            continue
+        with torch.no_grad() if key[0] == "fwd" else contextlib.nullcontext():
+            ms = time_fn(fn)  # forward without a graph, as ours under mdl.no_grad()
+        ours = case.rows[key]
+        label = f"{case.name} {key[0]}" if key[1] == "op" else f"  {key[1]}"
+        r = report(f"torch {label}", ms, *case.moves[key], peak_gbps=peak_bw,
+                   extra=f"ours {ours['ms'] / ms:.2f}x torch's time")
+        ours.update(torch_ms=ms, ratio=ours["ms"] / ms, torch_frac_peak_bw=r["frac_peak_bw"])
+
+
+def torch_usable(device):
+    if device == "emu" or not importlib.util.find_spec("torch"):
+        return False  # emu against PyTorch's CPU kernels would compare nothing
+    import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        return False
+    torch.backends.cudnn.allow_tf32 = False  # FP32 against FP32 (TF32 is cuDNN's default)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda", "emu"],
+                   default="cuda" if gpu_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small shapes, 2 repeats (seconds)")
+    p.add_argument("--repeat", type=int, default=None, help="timed repetitions (median)")
+    p.add_argument("--cases", default="", help="only cases whose name contains this text")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--json", metavar="PATH", nargs="?", const="",
+                   help="write every figure to PATH (default benchmarks/results/<device>-<date>"
+                        ".json)")
+    args = p.parse_args(argv)
+    repeat = args.repeat or (2 if args.quick else 5)
+    info = device_info(args.device)
+    peak_bw = copy_bandwidth(args.device, 16 if args.quick else 256)
+    gemm = gemm_gflops(args.device, 256 if args.quick else None)
+    info.update(copy_gbps=peak_bw, gemm_gflops=gemm, quick=args.quick)
+    print(f"-- {info['name']} ({args.device}), float32; measured copy {peak_bw:.1f} GB/s, "
+          f"FP32 GEMM {gemm:.0f} GFLOP/s; median of {repeat}")
+    todo = [c for c in cases(args.quick) if args.cases in c.name]
+    for case in todo:
+        run_ours(case, args.device, repeat, peak_bw)
+    # PyTorch after all of ours: on 2 cores the BLAS and OpenMP threads of the two libraries
+    # spin against each other when they alternate.
+    if not args.no_torch and torch_usable(args.device):
+        import torch
+        if args.device != "cuda" and info["blas_threads"]:
+            torch.set_num_threads(info["blas_threads"])
+        print(f"-- PyTorch {torch.__version__}, FP32, TF32 off, {torch.get_num_threads()} threads")
+        for case in todo:
+            run_torch(case, args.device, repeat, peak_bw)
+    if args.json is not None:
+        rows = [dict(case=c.name, phase=ph, kernel=k, **r) for c in todo
+                for (ph, k), r in c.rows.items()]
+        write_json(args.json or default_json_path(info), info, kernels=rows)
+    return todo
+
+
+if __name__ == "__main__":
+    main()
