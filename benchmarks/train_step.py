@@ -1,0 +1,287 @@
+"""Seconds per DeepLabv3+ training step (forward, loss, backward, SGD) and peak memory, ours and,
+when torch is importable, the same network in PyTorch in the same process (issues 7 and 9).
+
+Presets: ``default`` is ``python -m minideeplab.train``'s (its PRESET, imported, so it follows
+changes: small aligned Xception at the preset's crop and batch); ``full`` is the paper's
+Xception-65 at 513x513, 21 classes (GPU only; ``--batch max`` finds the largest batch that fits).
+PyTorch gets a module-for-module mirror (benchmarks/torch_deeplab.py) with our initial weights;
+both first run two steps with dropout off and print their losses, which must match, then time
+``--steps`` steps with dropout on (median, after warm-up; the GPU synchronised after each step).
+PyTorch uses as many threads as NumPy's BLAS (``--threads N`` sets both), FP32 with TF32 off.
+
+Peak memory: cpu and emu, the largest total of NumPy arrays allocated during one step
+(tracemalloc); cuda, CuPy's memory pool after one step from an emptied pool (what it reserved)
+against torch.cuda.max_memory_reserved. On cuda and emu one step's kernel launches are counted
+(common.LaunchLog): launches per step, host time spent launching, and (cuda) the GPU time of
+those kernels. ``--profile``: cProfile of one of our steps, top functions by own time.
+
+    python benchmarks/train_step.py --device cpu                  # default preset
+    python benchmarks/train_step.py --device cuda --preset full --batch 8
+    python benchmarks/train_step.py --device cuda --preset full --batch max
+    python benchmarks/train_step.py --device emu --quick          # a tiny model: the harness
+"""
+import argparse
+import cProfile
+import importlib.util
+import os
+import pstats
+import resource
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import minideeplab.functional as F  # noqa: E402
+from minideeplab.data.shapes import ShapesDataset  # noqa: E402
+from minideeplab.device import get_device, gpu_available  # noqa: E402
+from minideeplab.models import deeplabv3plus  # noqa: E402
+from minideeplab.optim import SGD  # noqa: E402
+from minideeplab.tensor import Tensor  # noqa: E402
+from minideeplab.train import PRESET  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LaunchLog, blas_threads, default_json_path, device_info, synchronize, write_json)
+
+MODEL_KEYS = ("backbone", "width", "middle_blocks", "aspp_channels", "low_level_channels",
+              "bn_momentum")
+PRESETS = {
+    "default": dict({k: PRESET[k] for k in MODEL_KEYS}, num_classes=ShapesDataset.num_classes,
+                    crop=PRESET["crop"], batch=PRESET["batch_size"]),
+    "full": dict(backbone="xception65", width=1.0, middle_blocks=16, aspp_channels=256,
+                 low_level_channels=48, bn_momentum=0.0003, num_classes=21, crop=513, batch=8),
+    # Every op of the step, tiny: about a second a step on emu, whose time goes to the
+    # reductions' barriers (one fiber switch per thread each).
+    "quick": dict(backbone="xception65", width=0.03, middle_blocks=1, aspp_channels=8,
+                  low_level_channels=4, bn_momentum=0.05, num_classes=6, crop=33, batch=2),
+}
+LR, MOMENTUM, WEIGHT_DECAY = PRESET["lr"], 0.9, PRESET["weight_decay"]
+
+
+def make_batch(cfg, batch, seed=0):
+    """Normalised-looking images and labels with a 5% ignore band (step time does not depend on
+    what the pixels show)."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 3, cfg["crop"], cfg["crop"]), dtype=np.float32)
+    labels = rng.integers(0, cfg["num_classes"], (batch, cfg["crop"], cfg["crop"]))
+    labels[rng.random(labels.shape) < 0.05] = 255
+    return images, labels
+
+
+def build(cfg, device):
+    model = deeplabv3plus(**{k: cfg[k] for k in MODEL_KEYS}, num_classes=cfg["num_classes"],
+                          output_stride=16, seed=0).to(device)
+    return model, SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def our_step(model, opt, images, labels, device):
+    """One iteration of train.py's loop (the lr schedule aside), -> loss."""
+    logits = model(Tensor(images, device=device))
+    loss = F.softmax_cross_entropy(logits, Tensor(labels, device=device))
+    value = float(loss.item())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return value
+
+
+def torch_step(model, opt, images, labels, device):
+    import torch
+    logits = model(torch.from_numpy(images).to(device))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels).to(device),
+                                             ignore_index=255)
+    value = float(loss.item())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return value
+
+
+def median_step_s(step, device, warmup, steps):
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def peak_memory(step, device):
+    """Bytes: see the module docstring."""
+    if device == "cuda":
+        import cupy
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        step()
+        return pool.total_bytes()
+    tracemalloc.start()
+    try:
+        step()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def torch_peak_memory(step, device):
+    import torch
+    if device != "cuda":
+        return None  # PyTorch's CPU allocator reports to nothing tracemalloc sees
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return torch.cuda.max_memory_reserved()
+
+
+def launches(step, device):
+    """Our kernel launches in one step: count, per kernel, host ms launching, GPU ms (cuda)."""
+    dev = get_device(device)
+    with LaunchLog(dev, keep_args=False) as log:
+        step()
+    synchronize(device)
+    out = dict(launches=len(log.calls), host_ms=1e3 * sum(c.host_s for c in log.calls),
+               per_kernel={})
+    for c in log.calls:
+        out["per_kernel"][c.kernel] = out["per_kernel"].get(c.kernel, 0) + 1
+    if device == "cuda":
+        with LaunchLog(dev, keep_args=False, gpu_events=True) as timed:
+            step()
+        out["gpu_ms"] = timed.gpu_ms()
+    return out
+
+
+def largest_batch(try_batch, start=8, step=4, limit=256):
+    """The largest batch (start, start + step, ...) whose training step runs without running out
+    of device memory."""
+    best, batch = None, start
+    while batch <= limit:
+        try:
+            try_batch(batch)
+        except Exception as e:  # CuPy's and PyTorch's OutOfMemoryError share no base class
+            if "out of memory" not in str(e).lower() and "OutOfMemory" not in type(e).__name__:
+                raise
+            break
+        best, batch = batch, batch + step
+    return best
+
+
+def run(args):
+    cfg = PRESETS["quick" if args.quick else args.preset]
+    device = args.device
+    if args.preset == "full" and device != "cuda" and not args.quick:
+        raise SystemExit("--preset full is for a GPU (Xception-65 at 513x513 takes tens of GB)")
+    if args.threads:
+        blas_threads(args.threads)
+    info = device_info(device)
+    use_torch = not args.no_torch and device != "emu" and importlib.util.find_spec("torch")
+    torch_dev = "cuda" if device == "cuda" else "cpu"
+    if use_torch:
+        import torch
+        if device == "cuda" and not torch.cuda.is_available():
+            use_torch = False
+        else:
+            torch.backends.cudnn.allow_tf32 = False  # FP32 against FP32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            if device == "cpu":
+                torch.set_num_threads(info["blas_threads"] or os.cpu_count())
+    batch = args.batch if args.batch not in (None, "max") else cfg["batch"]
+    result = dict(preset="quick" if args.quick else args.preset, config=cfg, batch=int(batch),
+                  device=device)
+
+    if args.batch == "max":  # before anything else holds device memory
+        def fits(b):
+            m, o = build(cfg, device)
+            our_step(m, o, *make_batch(cfg, b), device)
+            del m, o
+            import cupy
+            cupy.get_default_memory_pool().free_all_blocks()
+        result["max_batch"] = batch = largest_batch(fits)
+        print(f"largest batch that fits: {batch}")
+        result["batch"] = batch
+
+    images, labels = make_batch(cfg, batch)
+    model, opt = build(cfg, device)
+    if use_torch:
+        from benchmarks import torch_deeplab
+        tmodel = torch_deeplab.DeepLab(model).to(torch_dev).train()
+        topt = torch_deeplab.sgd(tmodel, LR, MOMENTUM, WEIGHT_DECAY)
+        tstep = lambda: torch_step(tmodel, topt, images, labels, torch_dev)  # noqa: E731
+    step = lambda: our_step(model, opt, images, labels, device)  # noqa: E731
+
+    # The check: two steps from the same weights with dropout off, losses side by side.
+    p = model.aspp.dropout.p
+    model.aspp.dropout.p = 0.0
+    ours = [step() for _ in range(2)]
+    model.aspp.dropout.p = p
+    result["first_losses"] = dict(ours=ours)
+    print(f"{info['name']} ({device}), preset {result['preset']}, batch {batch}, crop "
+          f"{cfg['crop']}, BLAS threads {info['blas_threads']}, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    if use_torch:
+        tmodel.aspp.dropout.p = 0.0
+        theirs = [tstep() for _ in range(2)]
+        tmodel.aspp.dropout.p = p
+        result["first_losses"]["torch"] = theirs
+        print(f"losses of steps 1, 2 (dropout off): ours {ours[0]:.6f} {ours[1]:.6f}, "
+              f"PyTorch {theirs[0]:.6f} {theirs[1]:.6f}")
+    else:
+        print(f"losses of steps 1, 2 (dropout off): ours {ours[0]:.6f} {ours[1]:.6f}")
+
+    # Warm-up beyond the two checked steps: PyTorch's oneDNN builds its primitives over the first
+    # two or three steps on the CPU, CuPy compiles kernels on first use.
+    warmup, steps = (0, 1) if args.quick else (2, args.steps)
+    s = result["ours_s"] = median_step_s(step, device, warmup, steps)
+    m = result["ours_peak_bytes"] = peak_memory(step, device)
+    print(f"ours:    {s:8.3f} s/step {batch / s:8.1f} images/s   peak memory {m / 2**20:8.1f} MiB")
+    if device != "cpu":
+        result["launches"] = lc = launches(step, device)
+        gpu = f", their kernels {lc['gpu_ms']:.1f} ms on the GPU" if "gpu_ms" in lc else ""
+        print(f"         {lc['launches']} kernel launches per step (ours, CuPy's own element-wise "
+              f"and cuBLAS calls come on top): {lc['host_ms']:.1f} ms host time in launch{gpu}")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(step)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
+    if use_torch:
+        t = result["torch_s"] = median_step_s(tstep, torch_dev, warmup, steps)
+        tm = result["torch_peak_bytes"] = torch_peak_memory(tstep, torch_dev)
+        mem = f"peak memory {tm / 2**20:8.1f} MiB" if tm else "(CPU peak memory not measured)"
+        print(f"PyTorch: {t:8.3f} s/step {batch / t:8.1f} images/s   {mem}   "
+              f"ours/PyTorch time {s / t:.2f}x")
+        result["ratio"] = s / t
+    result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["load_average"] = os.getloadavg()
+    return info, result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda", "emu"],
+                   default="cuda" if gpu_available() else "cpu")
+    p.add_argument("--preset", choices=["default", "full"], default="default")
+    p.add_argument("--batch", type=lambda v: v if v == "max" else int(v), default=None,
+                   help="batch size (default: the preset's); 'max': the largest that fits (cuda)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
+    p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch")
+    p.add_argument("--quick", action="store_true", help="a tiny model, one timed step (seconds)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--profile", type=int, nargs="?", const=30, default=0, metavar="N",
+                   help="cProfile one of our steps: the top N functions by own time")
+    p.add_argument("--json", metavar="PATH", nargs="?", const="",
+                   help="write the figures to PATH (default benchmarks/results/<device>-<date>"
+                        "-train_step.json)")
+    args = p.parse_args(argv)
+    if args.batch == "max" and args.device != "cuda":
+        p.error("--batch max needs --device cuda")
+    info, result = run(args)
+    if args.json is not None:
+        path = args.json or default_json_path(info).replace(".json", "-train_step.json")
+        write_json(path, info, train_step=result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

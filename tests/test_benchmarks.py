@@ -1,0 +1,38 @@
+"""The benchmarks run, in --quick mode, so they cannot rot (DESIGN.md s. 10); without PyTorch."""
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import kernels, train_step
+
+pytestmark = pytest.mark.slow  # ~15 s on 2 cores, most of it the reductions on emu
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+def test_kernels_quick(device, tmp_path):
+    path = tmp_path / "k.json"
+    done = kernels.main(["--device", device, "--quick", "--repeat", "1", "--no-torch",
+                         "--json", str(path)])
+    rows = json.loads(path.read_text())["kernels"]
+    assert {c.name for c in done} == {r["case"] for r in rows} and len(done) == 20
+    assert all(r["ms"] > 0 and np.isfinite(r["gbps"]) for r in rows)
+    launched = {r["kernel"].split(" #")[0] for r in rows} - {"op"}
+    if device == "emu":  # every family's kernels got a row of their own
+        assert {"depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
+                "im2col", "col2im", "channel_sum", "bn_moments", "bn_forward", "bn_backward_dx",
+                "resize_bilinear_forward", "resize_bilinear_backward", "softmax_xent_forward",
+                "softmax_xent_backward", "relu_forward", "relu_backward"} == launched
+    else:
+        assert not launched
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+def test_train_step_quick(device, tmp_path):
+    path = tmp_path / "t.json"
+    result = train_step.main(["--device", device, "--quick", "--no-torch", "--json", str(path)])
+    assert json.loads(path.read_text())["train_step"]["batch"] == 2
+    assert all(np.isfinite(result["first_losses"]["ours"]))
+    assert result["ours_s"] > 0 and result["ours_peak_bytes"] > 0
+    if device == "emu":
+        assert result["launches"]["launches"] == sum(result["launches"]["per_kernel"].values()) > 0
