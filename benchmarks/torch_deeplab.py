@@ -5,7 +5,7 @@ A mirror of minideeplab/models, module for module: the stem's conv + BN + ReLU u
 blocks of three separable convs (depthwise + BN + ReLU + pointwise + BN + ReLU, the stride on the
 last one, a 1x1 conv + BN shortcut or the identity), ASPP with image pooling and dropout, the
 decoder and the logits conv; the same strides, rates and "same" padding as the model is currently
-set to (set_output_stride), the same BN momentum and eps.
+set to (set_output_stride), the same BN momentum and eps; parameters in the same order.
 """
 import numpy as np
 import torch
@@ -86,8 +86,9 @@ def _upsample(x, size):
 class ASPP(nn.Module):
     def __init__(self, m):
         super().__init__()
-        self.conv1x1, self.image_pooling = unit(m.conv1x1), unit(m.image_pooling)
+        self.conv1x1 = unit(m.conv1x1)
         self.atrous = nn.ModuleList(unit(b) for b in m.atrous)
+        self.image_pooling = unit(m.image_pooling)
         self.project, self.dropout = unit(m.project), nn.Dropout(m.dropout.p)
 
     def forward(self, x):

@@ -153,6 +153,24 @@ def launches(step, device):
     return out
 
 
+def all_gpu_kernels(step):
+    """Every kernel one step runs on the GPU, CuPy's element-wise and cuBLAS ones included: the
+    PyTorch profiler's CUPTI trace sees the whole process. -> (count, GPU ms), or None when the
+    trace is unavailable (no CUPTI): a diagnostic, not a result to fail the run over."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            synchronize("cuda")
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+                   and not e.name.startswith(("Memcpy", "Memset"))]
+        return len(kernels), sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+    except Exception as e:  # noqa: BLE001
+        print(f"         (torch.profiler could not trace the GPU: {e})")
+        return None
+
+
 def largest_batch(try_batch, start=8, step=4, limit=256):
     """The largest batch (start, start + step, ...) whose training step runs without running out
     of device memory."""
@@ -241,6 +259,10 @@ def run(args):
         gpu = f", their kernels {lc['gpu_ms']:.1f} ms on the GPU" if "gpu_ms" in lc else ""
         print(f"         {lc['launches']} kernel launches per step (ours, CuPy's own element-wise "
               f"and cuBLAS calls come on top): {lc['host_ms']:.1f} ms host time in launch{gpu}")
+        if device == "cuda" and use_torch and (traced := all_gpu_kernels(step)):
+            lc["all_kernels"], lc["all_kernels_gpu_ms"] = traced
+            print(f"         all GPU kernels of the step (CUPTI): {traced[0]}, {traced[1]:.1f} ms "
+                  f"busy of a {1e3 * s:.1f} ms step: the rest is host time the GPU waits for")
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(step)
