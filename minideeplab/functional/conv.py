@@ -173,8 +173,18 @@ class Conv2d(Function):
 # -- depthwise, NumPy path -------------------------------------------------------------------
 # Channels-last inside: every tap is then a multiply-add whose innermost loop runs over channels
 # (and whole rows), not over a handful of output columns, which is ~1.5-2x faster in NumPy on
-# DeepLab's small feature maps; the transposes cost less than that. One image at a time keeps the
-# working set in cache.
+# DeepLab's small feature maps; the transposes cost less than that. A few images at a time keep
+# the working set in cache (one image at the paper's sizes); on small maps, several images per
+# NumPy call save the per-call overhead that dominates there: the default preset's depthwise
+# convs, forward + backward, 55 -> 38 ms a step (1 MiB = one core's L2 on the machine measured).
+CHUNK_BYTES = 1 << 20
+
+
+def _image_chunks(g, itemsize):
+    """Slices of images whose channels-last input takes about CHUNK_BYTES (at least one image)."""
+    step = max(1, CHUNK_BYTES // (g.H * g.W * g.C * itemsize))
+    return [slice(n, min(n + step, g.N)) for n in range(0, g.N, step)]
+
 
 def _channels_last(a):
     """(N, C, H, W) -> contiguous (N, H, W, C), 64 channels at a time (a cache-blocked transpose,
@@ -192,10 +202,12 @@ def _dw_numpy_forward(op, x, w):
     op.xh = _channels_last(x)  # (N, H, W, C)
     op.wt = w.reshape(g.C, m, g.kh * g.kw).transpose(2, 0, 1).copy()  # (taps, C, m)
     yh = np.zeros((g.N, g.Ho, g.Wo, g.C, m), x.dtype)
-    buf = np.empty((g.Ho, g.Wo, g.C, m), x.dtype)
-    for n in range(g.N):
+    chunks = _image_chunks(g, x.itemsize)
+    buf = np.empty((chunks[0].stop, g.Ho, g.Wo, g.C, m), x.dtype)
+    for n in chunks:
         for t, out, inp in _taps(g):
-            part = buf[: out[0].stop - out[0].start, : out[1].stop - out[1].start]
+            part = buf[: n.stop - n.start, : out[0].stop - out[0].start,
+                       : out[1].stop - out[1].start]
             np.multiply(op.xh[(n, *inp)][..., None], op.wt[t], out=part)
             yh[(n, *out)] += part
     return yh.reshape(g.N, g.Ho, g.Wo, g.Cout).transpose(0, 3, 1, 2).copy()
@@ -206,12 +218,12 @@ def _dw_numpy_backward(op, gy):
     gyh = _channels_last(gy).reshape(g.N, g.Ho, g.Wo, g.C, g.Cout // g.C)
     gxh = np.zeros_like(op.xh) if op.needs_grad[0] else None
     gwt = np.zeros_like(op.wt) if op.needs_grad[1] else None  # (taps, C, m)
-    for n in range(g.N):
+    for n in _image_chunks(g, gy.itemsize):
         for t, out, inp in _taps(g):
             if gxh is not None:
-                gxh[(n, *inp)] += np.einsum("hwcm,cm->hwc", gyh[(n, *out)], op.wt[t])
+                gxh[(n, *inp)] += np.einsum("nhwcm,cm->nhwc", gyh[(n, *out)], op.wt[t])
             if gwt is not None:
-                gwt[t] += np.einsum("hwcm,hwc->cm", gyh[(n, *out)], op.xh[(n, *inp)])
+                gwt[t] += np.einsum("nhwcm,nhwc->cm", gyh[(n, *out)], op.xh[(n, *inp)])
     return (None if gxh is None else gxh.transpose(0, 3, 1, 2).copy(),
             None if gwt is None else gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw))
 
