@@ -12,7 +12,9 @@ the op's exact arguments, so every kernel gets its own row; on ``cpu`` the NumPy
 Kernel-path results are first checked against the NumPy path. Bytes are those that must move,
 counted by hand below per kernel (each input read once, each output written once), so
 "% of copy" is the fraction of a measured device-to-device copy's bandwidth; a kernel that reads
-its input twice shows it. FLOPs count a multiply-add as 2 and every tap, padding included.
+its input twice shows it, and the op's row is followed by the bound this puts on it (the bytes it
+must move over the bytes its kernels move). FLOPs count a multiply-add as 2 and every tap,
+padding included.
 
 PyTorch, when importable, runs the same cases afterwards: FP32, NCHW, TF32 off (its cuDNN convs
 use TF32 by default: torch.backends.cudnn.allow_tf32). Its FP32 NCHW *dilated* depthwise convs run
@@ -290,6 +292,15 @@ def run_ours(case, device, repeat, peak_bw):
                     key = (phase, f"{call.kernel} #2")
                 case.rows[key] = report(f"  {call.kernel}", time_fn(lambda: log.replay(call)),
                                         *case.moves[phase, call.kernel], peak_gbps=peak_bw)
+            # The bytes model's verdict on the design: the op's kernels together move this much,
+            # so even at copy speed each, the op reaches at most must / moved of the copy rate
+            # (CuPy's glue and GEMMs are not logged: a bound, not an estimate).
+            op = case.rows[phase, "op"]
+            op["kernel_bytes"] = sum(case.moves[phase, c.kernel][0] for c in log.calls)
+            op["bound_frac_peak_bw"] = min(1.0, op["bytes"] / op["kernel_bytes"])
+            if op["kernel_bytes"] > op["bytes"]:
+                print(f"  (its kernels move {op['kernel_bytes'] / op['bytes']:.2f}x the bytes the "
+                      f"op must: at most {100 * op['bound_frac_peak_bw']:.0f}% of copy)")
 
 
 def run_torch(case, device, repeat, peak_bw):
