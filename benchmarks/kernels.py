@@ -40,8 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minideeplab as mdl  # noqa: E402
 import minideeplab.functional as F  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    LaunchLog, conv_flops, copy_bandwidth, default_json_path, device_info, gemm_gflops,
-    gpu_available, nbytes, report, synchronize, timer, write_json)
+    LaunchLog, blas_threads, conv_flops, copy_bandwidth, default_json_path, device_info,
+    gemm_gflops, gpu_available, nbytes, report, synchronize, timer, write_json)
 
 
 @dataclass
@@ -103,7 +103,8 @@ def im2col_case(n, cin, cout, hw, stride):
         import torch
         fn = torch.nn.functional
         unfolded = fn.unfold(T["x"], 3, padding=1, stride=stride)
-        return {("fwd", "op"): lambda: fn.conv2d(T["x"], T["w"], **kw),
+        fwd = lambda: fn.conv2d(T["x"], T["w"], **kw)  # noqa: E731
+        return {("fwd", "op"): fwd, ("bwd", "op"): _torch_backward(fwd, T, ("x", "w")),
                 ("fwd", "im2col"): lambda: fn.unfold(T["x"], 3, padding=1, stride=stride),
                 ("bwd", "col2im"): lambda: fn.fold(unfolded, (hw, hw), 3, padding=1,
                                                    stride=stride)}
@@ -339,12 +340,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes, 2 repeats (seconds)")
     p.add_argument("--repeat", type=int, default=None, help="timed repetitions (median)")
     p.add_argument("--cases", default="", help="only cases whose name contains this text")
+    p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch (cpu)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--json", metavar="PATH", nargs="?", const="",
                    help="write every figure to PATH (default benchmarks/results/<device>-<date>"
                         ".json)")
     args = p.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 5)
+    if args.threads:
+        blas_threads(args.threads)
     info = device_info(args.device)
     peak_bw = copy_bandwidth(args.device, 16 if args.quick else 256)
     gemm = gemm_gflops(args.device, 256 if args.quick else None)

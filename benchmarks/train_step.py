@@ -47,13 +47,16 @@ MODEL_KEYS = ("backbone", "width", "middle_blocks", "aspp_channels", "low_level_
               "bn_momentum")
 PRESETS = {
     "default": dict({k: PRESET[k] for k in MODEL_KEYS}, num_classes=ShapesDataset.num_classes,
-                    crop=PRESET["crop"], batch=PRESET["batch_size"]),
+                    output_stride=PRESET.get("output_stride", 16), crop=PRESET["crop"],
+                    batch=PRESET["batch_size"]),
     "full": dict(backbone="xception65", width=1.0, middle_blocks=16, aspp_channels=256,
-                 low_level_channels=48, bn_momentum=0.0003, num_classes=21, crop=513, batch=8),
+                 low_level_channels=48, bn_momentum=0.0003, num_classes=21, output_stride=16,
+                 crop=513, batch=8),
     # Every op of the step, tiny: about a second a step on emu, whose time goes to the
     # reductions' barriers (one fiber switch per thread each).
     "quick": dict(backbone="xception65", width=0.03, middle_blocks=1, aspp_channels=8,
-                  low_level_channels=4, bn_momentum=0.05, num_classes=6, crop=33, batch=2),
+                  low_level_channels=4, bn_momentum=0.05, num_classes=6, output_stride=16,
+                  crop=33, batch=2),
 }
 LR, MOMENTUM, WEIGHT_DECAY = PRESET["lr"], 0.9, PRESET["weight_decay"]
 
@@ -70,7 +73,7 @@ def make_batch(cfg, batch, seed=0):
 
 def build(cfg, device):
     model = deeplabv3plus(**{k: cfg[k] for k in MODEL_KEYS}, num_classes=cfg["num_classes"],
-                          output_stride=16, seed=0).to(device)
+                          output_stride=cfg["output_stride"], seed=0).to(device)
     return model, SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
@@ -236,8 +239,8 @@ def run(args):
     model.aspp.dropout.p = p
     result["first_losses"] = dict(ours=ours)
     print(f"{info['name']} ({device}), preset {result['preset']}, batch {batch}, crop "
-          f"{cfg['crop']}, BLAS threads {info['blas_threads']}, load average "
-          f"{os.getloadavg()[0]:.2f}")
+          f"{cfg['crop']}, output stride {cfg['output_stride']}, lr {LR}, BLAS threads "
+          f"{info['blas_threads']}, load average {os.getloadavg()[0]:.2f}")
     if use_torch:
         tmodel.aspp.dropout.p = 0.0
         theirs = [tstep() for _ in range(2)]
