@@ -174,6 +174,17 @@ def all_gpu_kernels(step):
         return None
 
 
+def release(device):
+    """Give back the GPU memory CuPy's pool and PyTorch's allocator cache: the two libraries
+    share one GPU here, and each must find the memory the other no longer uses."""
+    if device != "cuda":
+        return
+    import cupy
+    cupy.get_default_memory_pool().free_all_blocks()
+    if "torch" in sys.modules:
+        sys.modules["torch"].cuda.empty_cache()
+
+
 def largest_batch(try_batch, start=8, step=4, limit=256):
     """The largest batch (start, start + step, ...) whose training step runs without running out
     of device memory."""
@@ -214,18 +225,19 @@ def run(args):
 
     if args.batch == "max":  # before anything else holds device memory
         def fits(b):
-            m, o = build(cfg, device)
-            our_step(m, o, *make_batch(cfg, b), device)
-            del m, o
-            import cupy
-            cupy.get_default_memory_pool().free_all_blocks()
-        result["max_batch"] = batch = largest_batch(fits)
+            try:
+                our_step(*build(cfg, device), *make_batch(cfg, b), device)
+            finally:
+                release(device)
+        result["max_batch"] = result["batch"] = batch = largest_batch(fits)
+        release(device)
         print(f"largest batch that fits: {batch}")
-        result["batch"] = batch
+    # At --batch max each library runs at its own largest batch, one after the other.
+    same_batch_torch = use_torch and args.batch != "max"
 
     images, labels = make_batch(cfg, batch)
     model, opt = build(cfg, device)
-    if use_torch:
+    if same_batch_torch:
         from benchmarks import torch_deeplab
         tmodel = torch_deeplab.DeepLab(model).to(torch_dev).train()
         topt = torch_deeplab.sgd(tmodel, LR, MOMENTUM, WEIGHT_DECAY)
@@ -241,7 +253,8 @@ def run(args):
     print(f"{info['name']} ({device}), preset {result['preset']}, batch {batch}, crop "
           f"{cfg['crop']}, output stride {cfg['output_stride']}, lr {LR}, BLAS threads "
           f"{info['blas_threads']}, load average {os.getloadavg()[0]:.2f}")
-    if use_torch:
+    if same_batch_torch:
+        release(device)
         tmodel.aspp.dropout.p = 0.0
         theirs = [tstep() for _ in range(2)]
         tmodel.aspp.dropout.p = p
@@ -254,6 +267,7 @@ def run(args):
     # Warm-up beyond the two checked steps: PyTorch's oneDNN builds its primitives over the first
     # two or three steps on the CPU, CuPy compiles kernels on first use.
     warmup, steps = (0, 1) if args.quick else (2, args.steps)
+    release(device)
     s = result["ours_s"] = median_step_s(step, device, warmup, steps)
     m = result["ours_peak_bytes"] = peak_memory(step, device)
     print(f"ours:    {s:8.3f} s/step {batch / s:8.1f} images/s   peak memory {m / 2**20:8.1f} MiB")
@@ -270,13 +284,38 @@ def run(args):
         prof = cProfile.Profile()
         prof.runcall(step)
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
+    if use_torch and not same_batch_torch:  # --batch max: PyTorch's own largest batch
+        from benchmarks import torch_deeplab
+        del model, opt
+        release(device)
+
+        def tbuild():
+            m = torch_deeplab.DeepLab(build(cfg, "cpu")[0]).to(torch_dev).train()
+            return m, torch_deeplab.sgd(m, LR, MOMENTUM, WEIGHT_DECAY)
+
+        def tfits(b):
+            try:
+                torch_step(*tbuild(), *make_batch(cfg, b), torch_dev)
+            finally:
+                release(device)
+        result["torch_max_batch"] = tbatch = largest_batch(tfits)
+        release(device)
+        tmodel, topt = tbuild()
+        timages, tlabels = make_batch(cfg, tbatch)
+        tstep = lambda: torch_step(tmodel, topt, timages, tlabels, torch_dev)  # noqa: E731
+    else:
+        tbatch = batch
     if use_torch:
+        release(device)
         t = result["torch_s"] = median_step_s(tstep, torch_dev, warmup, steps)
         tm = result["torch_peak_bytes"] = torch_peak_memory(tstep, torch_dev)
         mem = f"peak memory {tm / 2**20:8.1f} MiB" if tm else "(CPU peak memory not measured)"
-        print(f"PyTorch: {t:8.3f} s/step {batch / t:8.1f} images/s   {mem}   "
-              f"ours/PyTorch time {s / t:.2f}x")
-        result["ratio"] = s / t
+        result["images_per_s_ratio"] = (batch / s) / (tbatch / t)
+        print(f"PyTorch: {t:8.3f} s/step {tbatch / t:8.1f} images/s   {mem}   at batch {tbatch}; "
+              f"ours/PyTorch images/s {result['images_per_s_ratio']:.2f}x")
+        if tbatch == batch:
+            result["ratio"] = s / t
+            print(f"         ours/PyTorch step time {s / t:.2f}x")
     result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["load_average"] = os.getloadavg()
     return info, result

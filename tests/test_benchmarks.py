@@ -6,9 +6,8 @@ import pytest
 
 from benchmarks import kernels, train_step
 
-pytestmark = pytest.mark.slow  # ~15 s on 2 cores, most of it the reductions on emu
 
-
+@pytest.mark.slow  # ~4 s on emu
 @pytest.mark.parametrize("device", ["cpu", "emu"])
 def test_kernels_quick(device, tmp_path):
     path = tmp_path / "k.json"
@@ -27,6 +26,7 @@ def test_kernels_quick(device, tmp_path):
         assert not launched
 
 
+@pytest.mark.slow  # ~6 s on emu, most of it the reductions' barriers
 @pytest.mark.parametrize("device", ["cpu", "emu"])
 def test_train_step_quick(device, tmp_path):
     path = tmp_path / "t.json"
@@ -36,3 +36,15 @@ def test_train_step_quick(device, tmp_path):
     assert result["ours_s"] > 0 and result["ours_peak_bytes"] > 0
     if device == "emu":
         assert result["launches"]["launches"] == sum(result["launches"]["per_kernel"].values()) > 0
+
+
+def test_largest_batch_stops_at_out_of_memory_only():
+    class OutOfMemoryError(Exception):  # CuPy's and PyTorch's share this name, not a base class
+        pass
+
+    def step(batch):
+        if batch > 17:
+            raise OutOfMemoryError("out of memory allocating 1 GiB")
+    assert train_step.largest_batch(step) == 16
+    with pytest.raises(ZeroDivisionError):
+        train_step.largest_batch(lambda batch: 1 / 0)
