@@ -6,6 +6,7 @@ multiply-add as 2.
 """
 import ctypes
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -170,10 +171,9 @@ def device_info(device):
                     driver=rt.driverGetVersion(), cuda_runtime=rt.runtimeGetVersion())
     else:
         info["name"] = info["cpu"] if device == "cpu" else f"emulator on {info['cpu']}"
-    try:
-        import torch
-        info["torch"] = torch.__version__
-    except ImportError:
+    try:  # the version without importing torch (the tests run these scripts without it)
+        info["torch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         pass
     return info
 
