@@ -39,8 +39,12 @@ def _colour(rng, others, min_dist=0.35):
     return c
 
 
-def make_image(rng, image_size=64, max_objects=4, size_range=(0.25, 0.6), noise=0.04):
-    """One (image, label) pair drawn from ``rng``; 2..max_objects objects of ``size_range`` x S."""
+def make_image(rng, image_size=64, max_objects=3, size_range=(0.3, 0.6), noise=0.02,
+               max_angle=15):
+    """One (image, label) pair drawn from ``rng``; 2..max_objects objects of ``size_range`` x S,
+    turned by up to +-``max_angle`` degrees. The defaults make a task that a small DeepLabv3+
+    learns in minutes on a CPU: with free rotation, telling a small disc from a turned square
+    takes tens of thousands of iterations (measured: val mIoU 0.2 after 1500)."""
     S = image_size
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
     # Background: a base colour with a faint grating (period 3-8 px: too fine to look like a bar).
@@ -56,7 +60,8 @@ def make_image(rng, image_size=64, max_objects=4, size_range=(0.25, 0.6), noise=
         for _ in range(10):  # re-draw the geometry until every earlier object stays >= 60 % visible
             size = rng.uniform(*size_range) * S
             cy, cx = rng.uniform(0.15 * S, 0.85 * S, 2)  # so at least about half of it is inside
-            m = _mask(cls, yy, xx, cy, cx, size, rng.uniform(0, 2 * np.pi), rng)
+            angle = np.radians(rng.uniform(-max_angle, max_angle))
+            m = _mask(cls, yy, xx, cy, cx, size, angle, rng)
             left = np.bincount(inst[~m], minlength=len(areas))
             if np.all(left[1:] >= 0.6 * np.array(areas[1:])):
                 break
