@@ -239,3 +239,28 @@ class LaunchLog:
 
     def replay(self, call):
         self._launch(call.module, call.kernel, call.grid, call.block, call.args)
+
+
+def run_op_benchmark(doc, cases, run_case):
+    """The command line shared by the per-op scripts (norm.py, resize.py): every case on the CPU
+    and, when there is one, the GPU; then PyTorch on the same cases when it is importable.
+    ``run_case(name, batch, repeat, device)`` -> (rows of (name, ms, bytes, flops), torch_run)."""
+    import argparse
+    import importlib.util
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="batch 1 and 3 repeats (under a minute)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 8, --quick 1)")
+    p.add_argument("--repeat", type=int, default=None, help="timed repetitions (median)")
+    args = p.parse_args()
+    batch = args.batch or (1 if args.quick else 8)
+    repeat = args.repeat or (3 if args.quick else 5)
+    has_torch = importlib.util.find_spec("torch") is not None
+    for device in ["cpu"] + (["cuda"] if gpu_available() else []):
+        print(f"-- {device}, batch {batch}, float32")
+        done = [run_case(name, batch, repeat, device) for name in cases]
+        # PyTorch after all of ours: on 2 cores the BLAS and OpenMP threads of the two libraries
+        # spin against each other when they alternate.
+        if has_torch and (device == "cpu" or __import__("torch").cuda.is_available()):
+            for rows, torch_run in done:
+                for (name, ms, moved, flops), t in zip(rows, torch_run()):
+                    report(f"torch {name}", t, moved, flops, f"ours {ms / t:.2f}x torch's time")

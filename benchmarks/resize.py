@@ -11,8 +11,6 @@ once. When torch is importable the same cases then run in PyTorch.
     python benchmarks/resize.py            # batch 8
     python benchmarks/resize.py --quick    # batch 1, 3 repeats: under a minute on 2 CPU cores
 """
-import argparse
-import importlib.util
 import os
 import sys
 
@@ -22,7 +20,7 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minideeplab as mdl  # noqa: E402
 import minideeplab.functional as F  # noqa: E402
-from benchmarks.common import cpu_ms, gpu_available, gpu_ms, nbytes, report  # noqa: E402
+from benchmarks.common import cpu_ms, gpu_ms, nbytes, report, run_op_benchmark  # noqa: E402
 
 # name -> (C, H, W, output size; None = global average pooling)
 CASES = {"resize 256ch 33x33 -> 129x129": (256, 33, 33, (129, 129)),
@@ -101,29 +99,5 @@ def torch_times(x, gy, size, device, time_fn):
     return fwd, time_fn(backward)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="batch 1 and 3 repeats (under a minute)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 8, --quick 1)")
-    p.add_argument("--repeat", type=int, default=None, help="timed repetitions (median)")
-    args = p.parse_args()
-    batch = args.batch or (1 if args.quick else 8)
-    repeat = args.repeat or (3 if args.quick else 5)
-    for device in ["cpu"] + (["cuda"] if gpu_available() else []):
-        print(f"-- {device}, batch {batch}, float32")
-        done = [run_case(name, batch, repeat, device) for name in CASES]
-        # PyTorch after all of ours: on 2 cores the BLAS and OpenMP threads of the two libraries
-        # spin against each other when they alternate.
-        if importlib.util.find_spec("torch") and (device == "cpu" or torch_sees_gpu()):
-            for rows, torch_run in done:
-                for (name, ms, moved, flops), t in zip(rows, torch_run()):
-                    report(f"torch {name}", t, moved, flops, f"ours {ms / t:.2f}x torch's time")
-
-
-def torch_sees_gpu():
-    import torch
-    return torch.cuda.is_available()
-
-
 if __name__ == "__main__":
-    main()
+    run_op_benchmark(__doc__, CASES, run_case)
