@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import functional as F
+from .config import no_grad
 from .data.shapes import ShapesDataset
 from .data.transforms import Loader, TrainTransform, EvalTransform, MEAN, STD
 from .device import gpu_available
@@ -147,6 +148,7 @@ def train(args):
     model.train()
     stop = min(args.iters, args.stop_after or args.iters)
     bar = tqdm(range(start, stop), initial=start, total=args.iters, desc=f"train ({device})")
+    cm = None  # the last validation's confusion matrix (the loop always ends with one)
     for it in bar:
         images, labels = next(batches)
         F.seed(args.seed * 1_000_003 + it)  # dropout masks depend on (seed, it) only
@@ -174,7 +176,8 @@ def train(args):
     if stop < args.iters:
         print(f"stopped after iteration {stop}; continue with --resume {ckpt}")
         return None
-    cm = evaluate(model, val_loader, num_classes, device)
+    if cm is None:  # resumed at the very end: nothing was validated in this call
+        cm = evaluate(model, val_loader, num_classes, device)
     metrics = dict(val_miou=cm.miou(), per_class_iou=[None if np.isnan(v) else v for v in cm.iou()],
                    pixel_accuracy=cm.pixel_accuracy(), iterations=args.iters,
                    seconds=meta(args.iters)["seconds"], device=device, config=config)
@@ -183,7 +186,6 @@ def train(args):
     save_curves(history, os.path.join(args.out, "curves.png"))
     images, labels = next(iter(Loader(val_set, 4, EvalTransform(pad_to=args.crop), prefetch=0)))
     model.eval()
-    from .config import no_grad
     with no_grad():
         preds = model(Tensor(images, device=device)).numpy().argmax(1)
     save_predictions(images, labels, preds, os.path.join(args.out, "predictions.png"),
