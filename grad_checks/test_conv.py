@@ -24,14 +24,6 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_conv_gradient(name, device):
-    xs, ws, kw = CASES[name]
-    check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
-                                                            normal(ws[0])],
-                   device=device, mode="elementwise")
-
-
 # Larger cases, checked along random directions: they reach the kernels' loops that tiny shapes
 # skip (each thread of the depthwise weight reduction summing several of the N*Ho*Wo positions;
 # more (channel, tap) pairs than the 4096 blocks it launches).
@@ -43,12 +35,13 @@ LARGE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(LARGE))
-def test_conv_gradient_directional(name, device):
-    xs, ws, kw = LARGE[name]
+@pytest.mark.parametrize("name, mode", [(n, "elementwise") for n in sorted(CASES)]
+                         + [(n, "directional") for n in sorted(LARGE)])
+def test_conv_gradient(name, mode, device):
+    xs, ws, kw = {**CASES, **LARGE}[name]
     check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
                                                             normal(ws[0])],
-                   device=device, mode="directional")
+                   device=device, mode=mode)
 
 
 def test_separable_gradient(device):

@@ -23,6 +23,15 @@ extern "C" __global__ void im2col(const real* x, real* cols, long long N, long l
   }
 }
 
+// The output row (or column) that input position p feeds under tap t, inverting
+// p = o*s - pad + t*d, or -1 when it feeds none: the gathers of col2im and
+// depthwise_backward_input both walk the taps this way.
+__device__ __forceinline__ long long tap_output(long long p, long long t, long long pad, long long d,
+                                                long long s, long long out) {
+  const long long q = p + pad - t * d;
+  return (q < 0 || q % s != 0 || q / s >= out) ? -1 : q / s;
+}
+
 // One thread: gx[n, c, h, w] = the sum of the column entries im2col copied from pixel (h, w), i.e.
 // over the taps (i, j) with (h + ph - i*dh) a multiple of sh giving an output row in [0, Ho)
 // (columns alike). Gathering per input pixel instead of scattering per column needs no atomics.
@@ -36,12 +45,11 @@ extern "C" __global__ void col2im(const real* cols, real* gx, long long N, long 
     const long long w = idx % W, h = idx / W % H, nc = idx / (W * H);
     real s = 0;
     for (long long i = 0; i < kh; ++i) {
-      const long long hh = h + ph - i * dh;
-      if (hh < 0 || hh % sh != 0 || hh / sh >= Ho) continue;
+      const long long ho = tap_output(h, i, ph, dh, sh, Ho);
+      if (ho < 0) continue;
       for (long long j = 0; j < kw; ++j) {
-        const long long ww = w + pw - j * dw;
-        if (ww < 0 || ww % sw != 0 || ww / sw >= Wo) continue;
-        s += cols[(((nc * kh + i) * kw + j) * Ho + hh / sh) * Wo + ww / sw];
+        const long long wo = tap_output(w, j, pw, dw, sw, Wo);
+        if (wo >= 0) s += cols[(((nc * kh + i) * kw + j) * Ho + ho) * Wo + wo];
       }
     }
     gx[idx] = s;
@@ -95,12 +103,11 @@ extern "C" __global__ void depthwise_backward_input(const real* gy, const real* 
       const real* gyc = gy + (n * C * m + c * m + k) * Ho * Wo;
       const real* wc = wt + (c * m + k) * kh * kw;
       for (long long i = 0; i < kh; ++i) {
-        const long long hh = h + ph - i * dh;
-        if (hh < 0 || hh % sh != 0 || hh / sh >= Ho) continue;
+        const long long ho = tap_output(h, i, ph, dh, sh, Ho);
+        if (ho < 0) continue;
         for (long long j = 0; j < kw; ++j) {
-          const long long ww = w + pw - j * dw;
-          if (ww < 0 || ww % sw != 0 || ww / sw >= Wo) continue;
-          s += gyc[(hh / sh) * Wo + ww / sw] * wc[i * kw + j];
+          const long long wo = tap_output(w, j, pw, dw, sw, Wo);
+          if (wo >= 0) s += gyc[ho * Wo + wo] * wc[i * kw + j];
         }
       }
     }
