@@ -2,6 +2,7 @@
 import numpy as np
 
 from .device import get_device
+from .kernels import grid_1d
 
 
 def poly_lr(base_lr, it, max_it, power=0.9):
@@ -21,6 +22,8 @@ class SGD:
     ``ndim <= 1`` (BN gamma/beta and conv biases), as is usual: shrinking them towards 0 fights
     normalisation rather than regularising. Pass ``no_decay=lambda p: False`` to decay all.
     ``lr`` is a plain attribute: set ``opt.lr = poly_lr(...)`` before each step.
+    On ``cuda`` and ``emu`` one ``sgd_update`` launch (kernels/optim.cu) updates a parameter; on
+    ``cpu`` NumPy does, the same operations in the same order.
     """
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, no_decay=_is_1d):
@@ -44,17 +47,28 @@ class SGD:
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            g = p.grad
-            if self.decay[i] and self.weight_decay:
-                g = g + self.weight_decay * p.data
+            wd = self.weight_decay if self.decay[i] else 0.0
+            if self.momentum and self.buffers[i] is None:
+                self.buffers[i] = p.device.xp.zeros_like(p.data)
+            if p.device.uses_kernels:
+                self._launch(p, wd, self.buffers[i])
+                continue
+            g = p.grad + wd * p.data if wd else p.grad
             if self.momentum:
-                if self.buffers[i] is None:
-                    self.buffers[i] = p.device.xp.zeros_like(p.data)
                 buf = self.buffers[i]
                 buf *= self.momentum
                 buf += g
                 g = g + self.momentum * buf if self.nesterov else buf
             p.data -= self.lr * g
+
+    def _launch(self, p, wd, buf):
+        """Kernel path of ``step`` for ``p``; without momentum ``buf`` is None and the kernel,
+        which then never touches its buffer argument, gets ``p.data`` in its place."""
+        dev, n = p.device, p.data.size
+        g = dev.xp.ascontiguousarray(p.grad)
+        dev.launch(dev.module("optim", p.dtype), "sgd_update", grid_1d(n), 256,
+                   (p.data, g, p.data if buf is None else buf, self.lr, self.momentum, wd,
+                    int(self.nesterov), n))
 
     def state_dict(self):
         """Flat dict of NumPy values (fits an ``.npz``): hyper-parameters and ``buf.<i>``, the
