@@ -164,6 +164,8 @@ ERRORS = {
     "too small": ((1, 2, 4, 4), (2, 2, 3, 3), dict(dilation=2),
                   r"\(5, 5\), larger than the padded input \(4, 4\)"),
     "stride": ((1, 2, 5, 5), (2, 2, 3, 3), dict(stride=0), r"stride \(0, 0\)"),
+    "32-bit": ((1, 1, 4, 4), (1, 1, 1, 1), dict(stride=2**30, padding=(2**30, 0)),
+               r"padded input \(2147483652, 4\) of x \(1, 1, 4, 4\) exceeds the 32-bit"),
     "dilation": ((1, 2, 5, 5), (2, 2, 3, 3), dict(dilation=(1, -1)), r"dilation \(1, -1\)"),
     "bias": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(3)), r"bias of shape \(3,\)"),
     "dtype": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(2, np.float32)),

@@ -1,5 +1,6 @@
 """ReLU and the per-channel sum on every device against independent NumPy references
-(DESIGN.md s. 9: shapes that are not multiples of the block size, batch 1, a 1x1 map)."""
+(DESIGN.md s. 9: shapes that are not multiples of the block size, batch 1, a 1x1 map), and the
+refusal of arrays too large for the kernels' 32-bit indices."""
 import numpy as np
 import pytest
 
@@ -7,6 +8,7 @@ import minideeplab.functional as F
 from minideeplab import Tensor
 from minideeplab.device import get_device
 from minideeplab.functional.reduce import channel_sum
+from minideeplab.kernels import MAX_GRID, loader
 from tests.conftest import assert_close
 
 SHAPES = [(3, 5, 7, 11), (1, 1, 1, 1), (2, 3, 300, 1), (1, 2, 17, 19)]
@@ -39,3 +41,20 @@ def test_channel_sum(device, shape, dtype):
     out = channel_sum(get_device(device).asarray(x), device)
     assert out.shape == (shape[1],) and out.dtype == dtype
     assert_close(out, expected, kind="float32_long" if dtype == np.float32 else None, dtype=dtype)
+
+
+def test_the_size_limit_keeps_grid_stride_indices_in_an_int():
+    # The largest size for which index + gridDim.x * blockDim.x (MAX_GRID blocks of up to 1024
+    # threads) cannot overflow an int.
+    assert loader.MAX_ELEMENTS + MAX_GRID * 1024 == np.iinfo(np.int32).max
+
+
+@pytest.mark.parametrize("device", ["emu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_arrays_beyond_the_limit_are_refused(device, monkeypatch):
+    # A limit of 40 elements stands in for the real one: an array above it would take 8 GB.
+    monkeypatch.setattr(loader, "MAX_ELEMENTS", 40)
+    y = F.relu(Tensor(-np.ones(40), device=device))
+    np.testing.assert_array_equal(get_device("cpu").asarray(y.data), np.zeros(40))
+    with pytest.raises(ValueError, match=r"kernel relu_forward: argument 'x' \(const real\*\): "
+                                         r"shape \(41,\) has 41 elements, more than the 40"):
+        F.relu(Tensor(np.ones(41), device=device))

@@ -56,6 +56,11 @@ def _geometry(xs, ws, bs, stride, padding, dilation, groups):
         raise ValueError(f"conv2d: kernel {(kh, kw)} with dilation {(dh, dw)} spans "
                          f"{(dh * (kh - 1) + 1, dw * (kw - 1) + 1)}, larger than the padded input "
                          f"{(H + 2 * ph, W + 2 * pw)} of x {xs}")
+    # The kernels compute input rows o*s - p + i*d in 32-bit int, with o*s + i*d below H + 2p
+    # (columns alike): refused on every device, so all of them accept the same convolutions.
+    if max(H + 2 * ph, W + 2 * pw) > np.iinfo(np.int32).max:
+        raise ValueError(f"conv2d: the padded input {(H + 2 * ph, W + 2 * pw)} of x {xs} exceeds "
+                         f"the 32-bit indices of the kernels")
     return Geometry(N, C, H, W, Cout, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, groups)
 
 

@@ -3,22 +3,25 @@
 // direct depthwise kernels. Every kernel takes the same geometry: input x (N, C, H, W) in NCHW,
 // kernel kh x kw, stride (sh, sw), zero padding (ph, pw), dilation (dh, dw), output Ho x Wo.
 // Output row ho under tap row i reads input row ho*sh - ph + i*dh (columns alike); a read outside
-// [0, H) x [0, W) is padding and contributes zero. Flat indices are 64-bit.
+// [0, H) x [0, W) is padding and contributes zero.
+// Indices and shapes are 32-bit int: a GPU emulates 64-bit integer division and modulo in
+// software, many times slower than 32-bit, and every thread here decomposes its flat index with
+// them. The loader refuses arrays too large for int (kernels/loader.py, MAX_ELEMENTS), and
+// functional/conv.py refuses padded sizes whose row arithmetic would leave it.
 // Launch: 1-D grid-stride loops, grid_1d(n) blocks of 256 threads, except
 // depthwise_backward_weight (see there). Gathers only: no atomics, every result is deterministic.
 
 // One thread: column element idx = ((((n*C + c)*kh + i)*kw + j)*Ho + ho)*Wo + wo, i.e. the input
 // pixel under tap (i, j) of channel c for output pixel (ho, wo), or 0 on padding.
 // Bytes per output element: reads at most 1 real, writes 1.
-extern "C" __global__ void im2col(const real* x, real* cols, long long N, long long C, long long H,
-                                  long long W, long long kh, long long kw, long long sh,
-                                  long long sw, long long ph, long long pw, long long dh,
-                                  long long dw, long long Ho, long long Wo) {
-  const long long total = N * C * kh * kw * Ho * Wo, step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const long long wo = idx % Wo, ho = idx / Wo % Ho, j = idx / (Wo * Ho) % kw;
-    const long long i = idx / (Wo * Ho * kw) % kh, nc = idx / (Wo * Ho * kw * kh);
-    const long long h = ho * sh - ph + i * dh, w = wo * sw - pw + j * dw;
+extern "C" __global__ void im2col(const real* __restrict__ x, real* __restrict__ cols, int N,
+                                  int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                                  int pw, int dh, int dw, int Ho, int Wo) {
+  const int HoWo = Ho * Wo, total = N * C * kh * kw * HoWo, step = gridDim.x * blockDim.x;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const int wo = idx % Wo, ho = idx / Wo % Ho, tap = idx / HoWo;
+    const int j = tap % kw, i = tap / kw % kh, nc = tap / (kw * kh);
+    const int h = ho * sh - ph + i * dh, w = wo * sw - pw + j * dw;
     cols[idx] = (h >= 0 && h < H && w >= 0 && w < W) ? x[(nc * H + h) * W + w] : (real)0;
   }
 }
@@ -26,9 +29,8 @@ extern "C" __global__ void im2col(const real* x, real* cols, long long N, long l
 // The output row (or column) that input position p feeds under tap t, inverting
 // p = o*s - pad + t*d, or -1 when it feeds none: the gathers of col2im and
 // depthwise_backward_input both walk the taps this way.
-__device__ __forceinline__ long long tap_output(long long p, long long t, long long pad, long long d,
-                                                long long s, long long out) {
-  const long long q = p + pad - t * d;
+__device__ __forceinline__ int tap_output(int p, int t, int pad, int d, int s, int out) {
+  const int q = p + pad - t * d;
   return (q < 0 || q % s != 0 || q / s >= out) ? -1 : q / s;
 }
 
@@ -36,20 +38,20 @@ __device__ __forceinline__ long long tap_output(long long p, long long t, long l
 // over the taps (i, j) with (h + ph - i*dh) a multiple of sh giving an output row in [0, Ho)
 // (columns alike). Gathering per input pixel instead of scattering per column needs no atomics.
 // Bytes per output element: reads at most kh*kw reals, writes 1.
-extern "C" __global__ void col2im(const real* cols, real* gx, long long N, long long C, long long H,
-                                  long long W, long long kh, long long kw, long long sh,
-                                  long long sw, long long ph, long long pw, long long dh,
-                                  long long dw, long long Ho, long long Wo) {
-  const long long total = N * C * H * W, step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const long long w = idx % W, h = idx / W % H, nc = idx / (W * H);
+extern "C" __global__ void col2im(const real* __restrict__ cols, real* __restrict__ gx, int N,
+                                  int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                                  int pw, int dh, int dw, int Ho, int Wo) {
+  const int total = N * C * H * W, step = gridDim.x * blockDim.x;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const int w = idx % W, h = idx / W % H, nc = idx / (W * H);
+    const real* colc = cols + nc * kh * kw * Ho * Wo;
     real s = 0;
-    for (long long i = 0; i < kh; ++i) {
-      const long long ho = tap_output(h, i, ph, dh, sh, Ho);
+    for (int i = 0; i < kh; ++i) {
+      const int ho = tap_output(h, i, ph, dh, sh, Ho);
       if (ho < 0) continue;
-      for (long long j = 0; j < kw; ++j) {
-        const long long wo = tap_output(w, j, pw, dw, sw, Wo);
-        if (wo >= 0) s += cols[(((nc * kh + i) * kw + j) * Ho + ho) * Wo + wo];
+      for (int j = 0; j < kw; ++j) {
+        const int wo = tap_output(w, j, pw, dw, sw, Wo);
+        if (wo >= 0) s += colc[((i * kw + j) * Ho + ho) * Wo + wo];
       }
     }
     gx[idx] = s;
@@ -59,24 +61,24 @@ extern "C" __global__ void col2im(const real* cols, real* gx, long long N, long 
 // Depthwise conv with channel multiplier m: output channel co = c*m + k reads input channel c only,
 // weights w (C*m, 1, kh, kw). One thread: y[n, co, ho, wo] = sum over taps of x * w.
 // Bytes per output element: reads at most kh*kw x values and kh*kw weights (cached), writes 1.
-extern "C" __global__ void depthwise_forward(const real* x, const real* wt, real* y, long long m,
-                                             long long N, long long C, long long H, long long W,
-                                             long long kh, long long kw, long long sh,
-                                             long long sw, long long ph, long long pw,
-                                             long long dh, long long dw, long long Ho,
-                                             long long Wo) {
-  const long long total = N * C * m * Ho * Wo, step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const long long wo = idx % Wo, ho = idx / Wo % Ho, nco = idx / (Wo * Ho);
-    const long long co = nco % (C * m), n = nco / (C * m);
+extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
+                                             const real* __restrict__ wt, real* __restrict__ y,
+                                             int m, int N, int C, int H, int W, int kh, int kw,
+                                             int sh, int sw, int ph, int pw, int dh, int dw,
+                                             int Ho, int Wo) {
+  const int HoWo = Ho * Wo, Cm = C * m, total = N * Cm * HoWo, step = gridDim.x * blockDim.x;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const int wo = idx % Wo, ho = idx / Wo % Ho, nco = idx / HoWo;
+    const int co = nco % Cm, n = nco / Cm;
+    const int h0 = ho * sh - ph, w0 = wo * sw - pw;  // the input pixel under tap (0, 0)
     const real* xc = x + (n * C + co / m) * H * W;
     const real* wc = wt + co * kh * kw;
     real s = 0;
-    for (long long i = 0; i < kh; ++i) {
-      const long long h = ho * sh - ph + i * dh;
+    for (int i = 0; i < kh; ++i) {
+      const int h = h0 + i * dh;
       if (h < 0 || h >= H) continue;
-      for (long long j = 0; j < kw; ++j) {
-        const long long w = wo * sw - pw + j * dw;
+      for (int j = 0; j < kw; ++j) {
+        const int w = w0 + j * dw;
         if (w >= 0 && w < W) s += xc[h * W + w] * wc[i * kw + j];
       }
     }
@@ -88,25 +90,24 @@ extern "C" __global__ void depthwise_forward(const real* x, const real* wt, real
 // whose output pixel ((h + ph - i*dh) / sh, (w + pw - j*dw) / sw) exists, of gy * w (a gather:
 // no atomics). Bytes per output element: reads at most m*kh*kw gy values and as many weights,
 // writes 1.
-extern "C" __global__ void depthwise_backward_input(const real* gy, const real* wt, real* gx,
-                                                    long long m, long long N, long long C,
-                                                    long long H, long long W, long long kh,
-                                                    long long kw, long long sh, long long sw,
-                                                    long long ph, long long pw, long long dh,
-                                                    long long dw, long long Ho, long long Wo) {
-  const long long total = N * C * H * W, step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const long long w = idx % W, h = idx / W % H, nc = idx / (W * H);
-    const long long c = nc % C, n = nc / C;
+extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
+                                                    const real* __restrict__ wt,
+                                                    real* __restrict__ gx, int m, int N, int C,
+                                                    int H, int W, int kh, int kw, int sh, int sw,
+                                                    int ph, int pw, int dh, int dw, int Ho,
+                                                    int Wo) {
+  const int HoWo = Ho * Wo, total = N * C * H * W, step = gridDim.x * blockDim.x;
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
+    const int w = idx % W, h = idx / W % H, nc = idx / (W * H), c = nc % C;
     real s = 0;
-    for (long long k = 0; k < m; ++k) {
-      const real* gyc = gy + (n * C * m + c * m + k) * Ho * Wo;
+    for (int k = 0; k < m; ++k) {
+      const real* gyc = gy + (nc * m + k) * HoWo;  // output channel c*m + k of image n
       const real* wc = wt + (c * m + k) * kh * kw;
-      for (long long i = 0; i < kh; ++i) {
-        const long long ho = tap_output(h, i, ph, dh, sh, Ho);
+      for (int i = 0; i < kh; ++i) {
+        const int ho = tap_output(h, i, ph, dh, sh, Ho);
         if (ho < 0) continue;
-        for (long long j = 0; j < kw; ++j) {
-          const long long wo = tap_output(w, j, pw, dw, sw, Wo);
+        for (int j = 0; j < kw; ++j) {
+          const int wo = tap_output(w, j, pw, dw, sw, Wo);
           if (wo >= 0) s += gyc[ho * Wo + wo] * wc[i * kw + j];
         }
       }
@@ -124,23 +125,25 @@ extern "C" __global__ void depthwise_backward_input(const real* gy, const real* 
 // No atomics; the order of every addition is fixed, so the result is deterministic.
 // Launch: grid min(C*m*kh*kw, 4096), block 256 (= DW_WEIGHT_BLOCK, a power of two).
 // Bytes per output element: reads N*Ho*Wo gy and as many x values, writes 1 real.
-extern "C" __global__ void depthwise_backward_weight(const real* x, const real* gy, real* gw,
-                                                     long long m, long long N, long long C,
-                                                     long long H, long long W, long long kh,
-                                                     long long kw, long long sh, long long sw,
-                                                     long long ph, long long pw, long long dh,
-                                                     long long dw, long long Ho, long long Wo) {
+extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
+                                                     const real* __restrict__ gy,
+                                                     real* __restrict__ gw, int m, int N, int C,
+                                                     int H, int W, int kh, int kw, int sh, int sw,
+                                                     int ph, int pw, int dh, int dw, int Ho,
+                                                     int Wo) {
   __shared__ real partial[DW_WEIGHT_BLOCK];
-  const long long pairs = C * m * kh * kw, HoWo = Ho * Wo;
-  for (long long b = blockIdx.x; b < pairs; b += gridDim.x) {
-    const long long co = b / (kh * kw), i = b / kw % kh, j = b % kw;
-    const real* xc = x + co / m * H * W;
+  const int Cm = C * m, pairs = Cm * kh * kw, HoWo = Ho * Wo, HW = H * W, CHW = C * HW;
+  for (int b = blockIdx.x; b < pairs; b += gridDim.x) {
+    const int co = b / (kh * kw), i = b / kw % kh, j = b % kw;
+    const int h0 = i * dh - ph, w0 = j * dw - pw;  // the input pixel of output (0, 0)
+    const real* xc = x + co / m * HW;
+    const real* gyc = gy + co * HoWo;
     real s = 0;
-    for (long long q = threadIdx.x; q < N * HoWo; q += blockDim.x) {
-      const long long n = q / HoWo, p = q % HoWo;
-      const long long h = p / Wo * sh - ph + i * dh, w = p % Wo * sw - pw + j * dw;
+    for (int q = threadIdx.x; q < N * HoWo; q += blockDim.x) {
+      const int n = q / HoWo, p = q % HoWo;
+      const int h = p / Wo * sh + h0, w = p % Wo * sw + w0;
       if (h >= 0 && h < H && w >= 0 && w < W)
-        s += gy[(n * C * m + co) * HoWo + p] * xc[(n * C * H + h) * W + w];
+        s += gyc[n * Cm * HoWo + p] * xc[n * CHW + h * W + w];
     }
     partial[threadIdx.x] = s;
     __syncthreads();

@@ -11,10 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from . import MAX_GRID
+
 KERNEL_DIR = Path(__file__).resolve().parent
 _REALS = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
             "long long": np.int64, "unsigned long long": np.uint64, "unsigned char": np.uint8}
+
+# The kernels index in 32-bit int (a GPU emulates 64-bit division and modulo in software, many
+# times slower). A grid-stride loop adds gridDim.x * blockDim.x, at most MAX_GRID blocks (grid_1d)
+# of 1024 threads, to an index below an array's size: arrays of at most MAX_ELEMENTS elements keep
+# that sum, and so every index, inside an int.
+MAX_ELEMENTS = 2**31 - 1 - MAX_GRID * 1024
 
 # ctype: the C type as the wrapper spells it ("const real*"); dtype: the NumPy type it takes.
 Param = namedtuple("Param", "name ctype dtype pointer const")
@@ -83,8 +91,8 @@ def _param(filename, kernel, text, real):
 def convert_args(kernel, args, array_type):
     """Check ``args`` against ``kernel``'s parameters; numbers become NumPy scalars of the C type.
 
-    Arrays must be C-contiguous ``array_type`` arrays of the parameter's dtype: the kernel indexes
-    them as flat memory and writes them in place.
+    Arrays must be C-contiguous ``array_type`` arrays of the parameter's dtype (the kernel indexes
+    them as flat memory and writes them in place) of at most MAX_ELEMENTS elements.
     """
     if len(args) != len(kernel.params):
         raise ValueError(f"kernel {kernel.name} takes {len(kernel.params)} arguments "
@@ -101,6 +109,9 @@ def convert_args(kernel, args, array_type):
                                  f"shape {a.shape}{'' if a.flags.c_contiguous else ' (strided)'}")
             if not p.const and not getattr(a.flags, "writeable", True):
                 raise ValueError(f"{where} is written, but the array is read-only")
+            if a.size > MAX_ELEMENTS:
+                raise ValueError(f"{where}: shape {a.shape} has {a.size} elements, more than the "
+                                 f"{MAX_ELEMENTS} that the kernels' 32-bit indices reach")
             out.append(a)
         elif p.dtype.kind == "f" and isinstance(a, (int, float, np.integer, np.floating)):
             out.append(p.dtype.type(a))

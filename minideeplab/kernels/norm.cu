@@ -1,6 +1,8 @@
 // Batch normalisation (Ioffe & Szegedy 2015; DESIGN.md s. 3 and 8) on contiguous (N, C, L)
 // arrays, L = H * W. The per-channel mean comes from reduce.cu's channel_sum; the variance and the
 // backward's sums come from bn_moments, the same one-block-per-channel tree reduction, two sums.
+// Indices are 32-bit int: every element's channel is a division by L, which in 64 bits a GPU
+// emulates in software, many times slower; the loader refuses arrays too large for int.
 
 #define BN_BLOCK 256  // = CHANNEL_SUM_BLOCK in functional/reduce.py: the shared arrays' size
 
@@ -12,15 +14,14 @@
 // the result is deterministic.
 // Launch: grid C, block 256 (BN_BLOCK). Bytes per output element: reads 2 N L reals, writes 2.
 extern "C" __global__ void bn_moments(const real* x, const real* mean, const real* g,
-                                      const real* gshift, real* out, long long N, long long C,
-                                      long long L) {
+                                      const real* gshift, real* out, int N, int C, int L) {
   __shared__ real p1[BN_BLOCK];
   __shared__ real p2[BN_BLOCK];
-  const long long c = blockIdx.x;
+  const int c = blockIdx.x;
   const real m = mean[c], gs = gshift[c];
   real s1 = 0, s2 = 0;
-  for (long long j = threadIdx.x; j < N * L; j += blockDim.x) {
-    const long long n = j / L, i = (n * C + c) * L + (j - n * L);
+  for (int j = threadIdx.x; j < N * L; j += blockDim.x) {
+    const int n = j / L, i = (n * C + c) * L + (j - n * L);
     const real w = g[i] - gs;
     s1 += w;
     s2 += w * (x[i] - m);
@@ -45,11 +46,10 @@ extern "C" __global__ void bn_moments(const real* x, const real* mean, const rea
 // scale = gamma / sqrt(var + eps); (x - mean) first, so a large mean does not round y away.
 // Launch: 1-D, grid_1d(n) blocks of 256. Bytes per output element: reads 1 real, writes 1.
 extern "C" __global__ void bn_forward(const real* x, const real* mean, const real* scale,
-                                      const real* beta, real* y, long long C, long long L,
-                                      long long n) {
-  const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const long long c = (i / L) % C;
+                                      const real* beta, real* y, int C, int L, int n) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int c = (i / L) % C;
     y[i] = (x[i] - mean[c]) * scale[c] + beta[c];
   }
 }
@@ -60,10 +60,10 @@ extern "C" __global__ void bn_forward(const real* x, const real* mean, const rea
 // Launch: 1-D, grid_1d(n) blocks of 256. Bytes per output element: reads 2 reals, writes 1.
 extern "C" __global__ void bn_backward_dx(const real* x, const real* gy, const real* mean,
                                           const real* a, const real* k1, const real* k2, real* dx,
-                                          long long C, long long L, long long n) {
-  const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const long long c = (i / L) % C;
+                                          int C, int L, int n) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int c = (i / L) % C;
     dx[i] = a[c] * (gy[i] - k1[c] - (x[i] - mean[c]) * k2[c]);
   }
 }

@@ -4,18 +4,22 @@
 // values (j -> x[(j / HW) * C * HW + c * HW + j % HW], so neighbouring threads read neighbouring
 // addresses), then the block adds its 256 partial sums in a shared-memory tree. The order of every
 // addition is fixed, so the result is deterministic (no atomics).
+// Indices are 32-bit int: the j / HW of every element would cost many times more in 64 bits,
+// which a GPU emulates in software; the loader refuses arrays too large for int.
 // Launch: grid C, block 256 (= CHANNEL_SUM_BLOCK, the size of the shared array; a power of two).
 // Bytes per output element: reads N*H*W reals, writes 1 real.
 
 #define CHANNEL_SUM_BLOCK 256
 
-extern "C" __global__ void channel_sum(const real* x, real* out, long long N, long long C, long long HW) {
+extern "C" __global__ void channel_sum(const real* __restrict__ x, real* __restrict__ out, int N,
+                                       int C, int HW) {
   __shared__ real partial[CHANNEL_SUM_BLOCK];
-  const long long c = blockIdx.x;
+  const int c = blockIdx.x, CHW = C * HW;
+  const real* xc = x + c * HW;
   real s = 0;
-  for (long long j = threadIdx.x; j < N * HW; j += blockDim.x) {
-    const long long n = j / HW;
-    s += x[(n * C + c) * HW + (j - n * HW)];
+  for (int j = threadIdx.x; j < N * HW; j += blockDim.x) {
+    const int n = j / HW;
+    s += xc[n * CHW + (j - n * HW)];
   }
   partial[threadIdx.x] = s;
   __syncthreads();

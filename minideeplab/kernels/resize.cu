@@ -1,19 +1,25 @@
 // Bilinear resize of contiguous (N, C, H, W) arrays (DESIGN.md s. 3 and 6). The index arithmetic of
 // align_corners lives on the host (functional/resize.py) in per-axis tables, so both devices and
 // the NumPy path share one definition of which inputs an output reads.
+// Indices are 32-bit int: each element's row and column take a division and a modulo, which a
+// GPU emulates in software in 64 bits, many times slower; the loader refuses arrays too large.
 
 // One thread: outputs i, i + stride, ... (grid-stride) of y (N, C, Ho, Wo); output (oy, ox) mixes
 // rows y0[oy], y1[oy] (weight wy[oy] on y1) and columns x0[ox], x1[ox] (weight wx[ox] on x1).
 // Launch: 1-D, grid_1d(n) blocks of 256, n = N C Ho Wo.
 // Bytes per output element: reads 4 reals (+ table entries, cached), writes 1 real.
-extern "C" __global__ void resize_bilinear_forward(const real* x, const int* y0, const int* y1,
-                                                   const real* wy, const int* x0, const int* x1,
-                                                   const real* wx, real* y, long long H,
-                                                   long long W, long long Ho, long long Wo,
-                                                   long long n) {
-  const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const long long ox = i % Wo, oy = (i / Wo) % Ho, nc = i / (Wo * Ho);
+extern "C" __global__ void resize_bilinear_forward(const real* __restrict__ x,
+                                                   const int* __restrict__ y0,
+                                                   const int* __restrict__ y1,
+                                                   const real* __restrict__ wy,
+                                                   const int* __restrict__ x0,
+                                                   const int* __restrict__ x1,
+                                                   const real* __restrict__ wx,
+                                                   real* __restrict__ y, int H, int W, int Ho,
+                                                   int Wo, int n) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int ox = i % Wo, oy = (i / Wo) % Ho, nc = i / (Wo * Ho);
     const real* r0 = x + (nc * H + y0[oy]) * W;
     const real* r1 = x + (nc * H + y1[oy]) * W;
     const real top = r0[x0[ox]] + (r0[x1[ox]] - r0[x0[ox]]) * wx[ox];
@@ -29,15 +35,18 @@ extern "C" __global__ void resize_bilinear_forward(const real* x, const int* y0,
 // Launch: 1-D, grid_1d(n) blocks of 256, n = N C H W.
 // Bytes per output (= input-gradient) element: reads (Ho/H) (Wo/W) x 4 reals on average (each
 // gy element is read by at most 4 threads), writes 1 real.
-extern "C" __global__ void resize_bilinear_backward(const real* gy, const int* hoff,
-                                                    const int* hidx, const real* hw,
-                                                    const int* woff, const int* widx,
-                                                    const real* ww, real* gx, long long H,
-                                                    long long W, long long Ho, long long Wo,
-                                                    long long n) {
-  const long long stride = (long long)gridDim.x * blockDim.x;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const long long ix = i % W, iy = (i / W) % H, nc = i / (W * H);
+extern "C" __global__ void resize_bilinear_backward(const real* __restrict__ gy,
+                                                    const int* __restrict__ hoff,
+                                                    const int* __restrict__ hidx,
+                                                    const real* __restrict__ hw,
+                                                    const int* __restrict__ woff,
+                                                    const int* __restrict__ widx,
+                                                    const real* __restrict__ ww,
+                                                    real* __restrict__ gx, int H, int W, int Ho,
+                                                    int Wo, int n) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int ix = i % W, iy = (i / W) % H, nc = i / (W * H);
     real s = 0;
     for (int a = hoff[iy]; a < hoff[iy + 1]; ++a) {
       const real* row = gy + (nc * Ho + hidx[a]) * Wo;
