@@ -120,7 +120,7 @@ def im2col_case(n, cin, cout, hw, stride):
 
 def bn_case(n, c, hw):
     a = _rng_arrays(0, x=(n, c, hw, hw), gy=(n, c, hw, hw), gamma=(c,), beta=(c,))
-    x, e = a["x"].shape, a["x"].size
+    x, e, ch = a["x"].shape, a["x"].size, (c,)
 
     def make(dev):
         d = mdl.get_device(dev)
@@ -137,10 +137,15 @@ def bn_case(n, c, hw):
     return Case(
         f"batch_norm {c}ch {hw}x{hw}", a, make,
         # Per element: forward mean, deviation, its square, scale, shift; backward two products
-        # into the sums and four to form dx.
+        # into the sums and four to form dx. The per-channel kernels move vectors of c values:
+        # bn_statistics reads sums, 2 moments, gamma, 2 running and writes 2 running, 3 stats
+        # (~16 operations per channel); bn_backward_coefficients reads 2 moments, gamma, invstd
+        # and writes 4 coefficients (~6 operations).
         {("fwd", "op"): (nbytes(x, x), 5 * e), ("fwd", "channel_sum"): (nbytes(x), e),
          ("fwd", "bn_moments"): (nbytes(x), 3 * e), ("fwd", "bn_forward"): (nbytes(x, x), 2 * e),
+         ("fwd", "bn_statistics"): (nbytes(*[ch] * 11), 16 * c),
          ("bwd", "op"): (nbytes(x, x, x), 6 * e), ("bwd", "bn_moments"): (nbytes(x, x), 3 * e),
+         ("bwd", "bn_backward_coefficients"): (nbytes(*[ch] * 8), 6 * c),
          ("bwd", "bn_backward_dx"): (nbytes(x, x, x), 4 * e)},
         torch_rows)
 

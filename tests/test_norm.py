@@ -129,3 +129,15 @@ def test_bad_shapes_raise(device):
     r = get_device(device).asarray(r)  # running statistics live on the device (updated in place)
     with pytest.raises(ValueError, match="more than one value per channel"):
         F.batch_norm(Tensor(data((1, 3, 1, 1), np.float32), device=device), w, w, r, r.copy(), True)
+
+
+@pytest.mark.parametrize("device", ["emu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_kernel_path_refuses_mixed_dtypes(device):
+    """The kernels take one real type: float64 running statistics beside float32 x are refused
+    before any launch (on cpu NumPy casts them)."""
+    dev = get_device(device)
+    x = Tensor(data((2, 3, 4, 4), np.float32), device=device)
+    w, rm, rv = np.ones(3, np.float32), dev.asarray(np.zeros(3)), dev.asarray(np.ones(3))
+    with pytest.raises(ValueError, match="dtype float32.*got float32, float32, float64, float64"):
+        F.batch_norm(x, w, w, rm, rv, True)
+    np.testing.assert_array_equal(get_device("cpu").asarray(rm), 0)  # nothing was updated

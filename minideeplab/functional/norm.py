@@ -4,6 +4,11 @@ Training normalises with the biased batch variance and updates the running stati
 ``running = (1 - momentum) * running + momentum * batch_stat`` with the unbiased variance;
 evaluation uses the running statistics. The variance is a sum of squared deviations from the mean
 (two passes), never E[x^2] - E[x]^2, which cancels on inputs with a large mean.
+
+On ``cuda`` and ``emu`` (kernels/norm.cu) a forward is channel_sum, bn_moments, bn_statistics and
+bn_forward (eval: the last two), a backward bn_moments, bn_backward_coefficients and
+bn_backward_dx: the per-channel arithmetic runs in one launch, not as a dozen array operations
+that each cost a launch.
 """
 from ..function import Function
 from ..kernels import grid_1d
@@ -30,69 +35,81 @@ class BatchNorm(Function):
         if not all(isinstance(r, xp.ndarray) for r in self.running):
             raise ValueError(f"batch_norm: running statistics must be {xp.__name__} arrays on "
                              f"{self.dev} (they are updated in place)")
+        if self.dev.uses_kernels and any(a.dtype != x.dtype for a in [gamma, beta] + self.running):
+            raise ValueError(f"batch_norm on {self.dev}: gamma, beta, running_mean and running_var "
+                             f"must have x's dtype {x.dtype} (the kernels take one real type); "
+                             f"got {gamma.dtype}, {beta.dtype}, {self.running[0].dtype}, "
+                             f"{self.running[1].dtype}")
         N, C = x.shape[:2]
         self.x3 = x3 = xp.ascontiguousarray(x).reshape(N, C, -1)
         self.M = M = N * x3.shape[2]
         if self.training and M < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, "
                              f"got x of shape {x.shape}")
+        self.gamma = gamma
+        if self.dev.uses_kernels:
+            return self._forward_kernels(x3, gamma, beta).reshape(x.shape)
         if not self.training:
             mean, var = (r.astype(x.dtype) for r in self.running)
-        elif not self.dev.uses_kernels:
+        else:
             mean = x3.sum(axis=2).sum(axis=0) / M  # NumPy sums pairwise along the contiguous axis
             y = x3 - mean[:, None]  # the deviations, made into y in place below
             var = _rowdot(xp, y, y) / M
-        else:
-            mean0 = channel_sum(x3[..., None], self.dev) / M
-            s1, s2 = self._moments(x3, mean0, x3, mean0)
-            # Corrected two-pass (Chan, Golub & LeVeque 1983): the deviations' sum s1 removes the
-            # rounding error left in the first-pass mean.
-            mean, var = mean0 + s1 / M, xp.maximum(s2 / M - (s1 / M) ** 2, 0)
-        if self.training:
             for r, stat in zip(self.running, (mean, var * (M / (M - 1)))):
                 r *= 1 - self.momentum
                 r += self.momentum * stat.astype(r.dtype)
-        self.gamma, self.mean, self.invstd = gamma, mean, 1 / xp.sqrt(var + self.eps)
+        self.mean, self.invstd = mean, 1 / xp.sqrt(var + self.eps)
+        # One new array, no saved deviations: the backward recomputes them from x (which the
+        # graph keeps anyway), halving the memory batch norm holds for it.
+        if not self.training:
+            y = x3 - mean[:, None]
         scale = gamma * self.invstd
-        if not self.dev.uses_kernels:
-            # One new array, no saved deviations: the backward recomputes them from x (which
-            # the graph keeps anyway), halving the memory batch norm holds for it.
-            if not self.training:
-                y = x3 - mean[:, None]
-            y *= scale[:, None]
-            y += beta[:, None]
-            return y.reshape(x.shape)
-        y = xp.empty_like(x3)
-        self.dev.launch(self.dev.module("norm", x.dtype), "bn_forward", grid_1d(y.size), 256,
-                        (x3, mean, scale, beta, y, C, x3.shape[2], y.size))
+        y *= scale[:, None]
+        y += beta[:, None]
         return y.reshape(x.shape)
 
-    def _moments(self, x3, mean, g3, gshift):
-        """Kernel path: per channel, s1 = sum(w) and s2 = sum(w * (x - mean)), w = g - gshift."""
+    def _forward_kernels(self, x3, gamma, beta):
+        """Kernel path of ``forward`` -> y (N, C, L); keeps mean and invstd for the backward."""
+        dev, (C, L) = self.dev, x3.shape[1:]
+        mod = dev.module("norm", x3.dtype)
+        stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
+        sums = moments = gamma  # eval: bn_statistics reads neither
+        if self.training:
+            # Corrected two-pass statistics (Chan, Golub & LeVeque 1983): the deviations' sum
+            # about the first-pass mean removes the rounding error left in that mean.
+            sums = channel_sum(x3[..., None], dev)
+            moments = self._moments(x3, sums, self.M, x3, True)
+        dev.launch(mod, "bn_statistics", grid_1d(C), 256,
+                   (sums, moments, gamma, *self.running, stats, C, self.M, self.momentum,
+                    self.eps, int(self.training)))
+        self.mean, self.invstd, scale = stats
+        y = dev.xp.empty_like(x3)
+        dev.launch(mod, "bn_forward", grid_1d(y.size), 256,
+                   (x3, self.mean, scale, beta, y, C, L, y.size))
+        return y
+
+    def _moments(self, x3, centre, count, g3, centre_g):
+        """Kernel path: (2, C) array of s1 = sum(w) and s2 = sum(w * (x - m)) per channel,
+        m = centre / count, w = g - m (``centre_g``) or g (kernels/norm.cu, bn_moments)."""
         N, C, L = x3.shape
-        out = self.dev.xp.empty(2 * C, dtype=x3.dtype)
+        out = self.dev.xp.empty((2, C), dtype=x3.dtype)
         self.dev.launch(self.dev.module("norm", x3.dtype), "bn_moments", C, CHANNEL_SUM_BLOCK,
-                        (x3, mean, g3, gshift, out, N, C, L))
-        return out[:C], out[C:]
+                        (x3, centre, count, g3, int(centre_g), out, N, C, L))
+        return out
 
     def backward(self, gy):
         xp, M, invstd = self.dev.xp, self.M, self.invstd
         gy3 = xp.ascontiguousarray(gy).reshape(self.x3.shape)
         if self.dev.uses_kernels:
-            dbeta, dgd = self._moments(self.x3, self.mean, gy3, xp.zeros_like(self.mean))
-        else:
-            d = self.x3 - self.mean[:, None]
-            dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, d)
+            dx, dgamma, dbeta = self._backward_kernels(gy3)
+            return dx.reshape(gy.shape), dgamma, dbeta
+        d = self.x3 - self.mean[:, None]
+        dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, d)
         dgamma, a = dgd * invstd, self.gamma * invstd  # dgd = sum(gy * (x - mean))
         # Training: dx = a * (gy - k1 - (x - mean) * k2), k1 = dbeta / M, k2 = invstd dgamma / M
         # (the batch statistics depend on x); eval: the statistics are constants, dx = a * gy.
-        k1, k2 = (dbeta / M, invstd * dgamma / M) if self.training else (0 * a, 0 * a)
-        if self.dev.uses_kernels:
-            dx = xp.empty_like(gy3)
-            self.dev.launch(self.dev.module("norm", gy.dtype), "bn_backward_dx", grid_1d(dx.size),
-                            256, (self.x3, gy3, self.mean, a, k1, k2, dx, dx.shape[1],
-                                  dx.shape[2], dx.size))
-        elif self.training:  # in place in d: ((gy - k1) - d * k2) * a
+        if self.training:  # in place in d: ((gy - k1) - d * k2) * a
+            k1, k2 = dbeta / M, invstd * dgamma / M
             dx = d
             dx *= -k2[:, None]
             dx += gy3
@@ -101,6 +118,21 @@ class BatchNorm(Function):
         else:
             dx = gy3 * a[:, None]
         return dx.reshape(gy.shape), dgamma, dbeta
+
+    def _backward_kernels(self, gy3):
+        """-> dx, dgamma, dbeta (views of the moments and coefficient arrays: no copies)."""
+        dev, (C, L) = self.dev, gy3.shape[1:]
+        moments = self._moments(self.x3, self.mean, 1, gy3, False)  # dbeta, sum(gy * (x - mean))
+        coef = dev.xp.empty((4, C), dtype=gy3.dtype)  # dgamma, a, k1, k2
+        mod = dev.module("norm", gy3.dtype)
+        dev.launch(mod, "bn_backward_coefficients", grid_1d(C), 256,
+                   (moments, self.gamma, self.invstd, coef, C, self.M, int(self.training)))
+        dgamma, a, k1, k2 = coef
+        dx = dev.xp.empty_like(gy3)
+        dev.launch(mod, "bn_backward_dx", grid_1d(dx.size), 256,
+                   (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size))
+        return dx, dgamma, moments[0]
+
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
     """Normalise each channel of NCHW ``x``, then scale by ``gamma`` and shift by ``beta``.

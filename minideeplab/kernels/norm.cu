@@ -1,24 +1,29 @@
 // Batch normalisation (Ioffe & Szegedy 2015; DESIGN.md s. 3 and 8) on contiguous (N, C, L)
-// arrays, L = H * W. The per-channel mean comes from reduce.cu's channel_sum; the variance and the
-// backward's sums come from bn_moments, the same one-block-per-channel tree reduction, two sums.
+// arrays, L = H * W, M = N * L values per channel. The per-channel sums come from reduce.cu's
+// channel_sum; the variance and the backward's sums from bn_moments, the same
+// one-block-per-channel tree reduction, two sums. The per-channel arithmetic between them (mean,
+// variance, running statistics, 1 / std; the backward's coefficients) is one launch each,
+// bn_statistics and bn_backward_coefficients, rather than a dozen array operations of C values.
 // Indices are 32-bit int: every element's channel is a division by L, which in 64 bits a GPU
 // emulates in software, many times slower; the loader refuses arrays too large for int.
 
 #define BN_BLOCK 256  // = CHANNEL_SUM_BLOCK in functional/reduce.py: the shared arrays' size
 
-// One block per channel c: s1 = sum(w), s2 = sum(w * (x - mean[c])) over the channel's N * L
-// elements, w = g - gshift[c]. Statistics: g = x, gshift = mean -> s1 = sum of deviations, s2 = sum
-// of squared deviations (two-pass variance, no cancellation). Backward: g = gy, gshift = 0 ->
-// s1 = dbeta, s2 = sum(gy * (x - mean)). Thread t takes elements j = t, t + 256, ... (neighbouring
-// threads read neighbouring addresses); the block adds its partial sums in a fixed-order tree, so
-// the result is deterministic.
+// One block per channel c: s1 = sum(w), s2 = sum(w * (x - m)) over the channel's N * L elements,
+// m = centre[c] / count, w = g - m (centre_g != 0) or g. Statistics: centre = the channel sums,
+// count = M, g = x, centre_g = 1 -> m = the first-pass mean, s1 = the sum of the deviations, s2
+// = the sum of their squares (two-pass variance, no cancellation). Backward: centre = the mean,
+// count = 1, g = gy, centre_g = 0 -> s1 = dbeta, s2 = sum(gy * (x - mean)). Thread t takes
+// elements j = t, t + 256, ... (neighbouring threads read neighbouring addresses); the block adds
+// its partial sums in a fixed-order tree, so the result is deterministic. out = (s1, s2): (2, C).
 // Launch: grid C, block 256 (BN_BLOCK). Bytes per output element: reads 2 N L reals, writes 2.
-extern "C" __global__ void bn_moments(const real* x, const real* mean, const real* g,
-                                      const real* gshift, real* out, int N, int C, int L) {
+extern "C" __global__ void bn_moments(const real* x, const real* centre, real count,
+                                      const real* g, int centre_g, real* out, int N, int C,
+                                      int L) {
   __shared__ real p1[BN_BLOCK];
   __shared__ real p2[BN_BLOCK];
   const int c = blockIdx.x;
-  const real m = mean[c], gs = gshift[c];
+  const real m = centre[c] / count, gs = centre_g ? m : (real)0;
   real s1 = 0, s2 = 0;
   for (int j = threadIdx.x; j < N * L; j += blockDim.x) {
     const int n = j / L, i = (n * C + c) * L + (j - n * L);
@@ -42,6 +47,37 @@ extern "C" __global__ void bn_moments(const real* x, const real* mean, const rea
   }
 }
 
+// One thread: channels c, c + stride, ... (grid-stride) of the forward's per-channel numbers,
+// stats = (mean, invstd, scale): (3, C), invstd = 1 / sqrt(var + eps), scale = gamma * invstd.
+// Training: mean0 = sum / M and moments = bn_moments' (s1, s2) about it give the corrected
+// two-pass statistics (Chan, Golub & LeVeque 1983), mean = mean0 + s1 / M and the biased
+// var = s2 / M - (s1 / M)^2 (clamped at 0, NaN kept); then running_mean and running_var move in
+// place towards mean and the unbiased var * M / (M - 1): r = (1 - momentum) r + momentum stat.
+// Eval (training = 0): mean and var are the running statistics, left as they are; sum and moments
+// are not read (any arrays may stand in).
+// Launch: 1-D, grid_1d(C) blocks of 256. Bytes per channel: reads 6 reals and writes 5
+// (training), reads 3 and writes 3 (eval).
+extern "C" __global__ void bn_statistics(const real* sum, const real* moments, const real* gamma,
+                                         real* running_mean, real* running_var, real* stats,
+                                         int C, int M, real momentum, real eps, int training) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += stride) {
+    real mean = running_mean[c], var = running_var[c];
+    if (training) {
+      const real count = M, d = moments[c] / count, v = moments[C + c] / count - d * d;
+      mean = sum[c] / count + d;
+      var = v < (real)0 ? (real)0 : v;
+      running_mean[c] = running_mean[c] * ((real)1 - momentum) + momentum * mean;
+      running_var[c] = running_var[c] * ((real)1 - momentum) +
+                       momentum * (var * (count / (real)(M - 1)));
+    }
+    const real invstd = (real)1 / sqrt(var + eps);
+    stats[c] = mean;
+    stats[C + c] = invstd;
+    stats[2 * C + c] = gamma[c] * invstd;
+  }
+}
+
 // One thread: elements i, i + stride, ... (grid-stride) of y = (x - mean[c]) * scale[c] + beta[c],
 // scale = gamma / sqrt(var + eps); (x - mean) first, so a large mean does not round y away.
 // Launch: 1-D, grid_1d(n) blocks of 256. Bytes per output element: reads 1 real, writes 1.
@@ -51,6 +87,25 @@ extern "C" __global__ void bn_forward(const real* x, const real* mean, const rea
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int c = (i / L) % C;
     y[i] = (x[i] - mean[c]) * scale[c] + beta[c];
+  }
+}
+
+// One thread: channels c, c + stride, ... (grid-stride) of the backward's per-channel numbers,
+// coef = (dgamma, a, k1, k2): (4, C), from moments = bn_moments' (dbeta, sum(gy * (x - mean))):
+// dgamma = sum(gy * (x - mean)) * invstd, a = gamma * invstd; training: k1 = dbeta / M,
+// k2 = invstd * dgamma / M (the batch statistics depend on x); eval (training = 0): k1 = k2 = 0
+// (the statistics are constants: bn_backward_dx then gives dx = a * gy).
+// Launch: 1-D, grid_1d(C) blocks of 256. Bytes per channel: reads 4 reals, writes 4.
+extern "C" __global__ void bn_backward_coefficients(const real* moments, const real* gamma,
+                                                    const real* invstd, real* coef, int C, int M,
+                                                    int training) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += stride) {
+    const real dgamma = moments[C + c] * invstd[c], count = M;
+    coef[c] = dgamma;
+    coef[C + c] = gamma[c] * invstd[c];
+    coef[2 * C + c] = training ? moments[c] / count : (real)0;
+    coef[3 * C + c] = training ? invstd[c] * dgamma / count : (real)0;
   }
 }
 
