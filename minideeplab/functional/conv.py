@@ -4,8 +4,10 @@ One op, ``Conv2d``, covers them all; the named wrappers below are what the model
 (DESIGN.md s. 2):
 - NumPy (``cpu``): im2col + one batched GEMM for dense/grouped convs, a plain GEMM without im2col
   for 1x1 stride-1 convs, and a loop over the kh*kw taps for depthwise convs. Each tap is clipped
-  to the output rows/columns whose input lies inside the image, so nothing is ever padded and a tap
-  that only sees padding (ASPP rate 36 on a 33x33 map) costs nothing.
+  to the output rows/columns whose input lies inside the image, so nothing is ever padded, and a
+  tap that only sees padding costs nothing: it gets no column rows and its weights stay out of the
+  GEMM (ASPP rate 36 on a 33x33 map, or rate 12 on a 9x9 one, degenerates to a 1x1 conv, as
+  DeepLabv3 Sec. 3.3 notes, and costs what a 1x1 conv costs).
 - kernels (``cuda``, ``emu``): ``kernels/conv.cu`` builds the same column matrix (im2col) and
   scatters it back (col2im); the GEMM goes through ``xp.matmul``; depthwise convs run direct
   kernels. 1x1 stride-1 convs are the same GEMM as on the NumPy path.
@@ -96,10 +98,18 @@ def _geom_args(g):
     return (g.N, g.C, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.Ho, g.Wo)
 
 
-def _im2col(dev, x, g):
-    """Columns (N, groups, C/groups*kh*kw, Ho*Wo): row (c, i, j) holds the input under tap (i, j)
-    of channel c at every output pixel, zero where it falls on padding."""
-    shape = (g.N, g.groups, g.C // g.groups * g.kh * g.kw, g.Ho * g.Wo)
+def _gemm_taps(dev, g):
+    """The flat tap indices the GEMM runs over: on the NumPy path the live taps only (a tap that
+    sees only padding multiplies zeros); the im2col kernel writes every tap."""
+    if dev.uses_kernels or _is_pointwise(g):
+        return list(range(g.kh * g.kw))
+    return [t for t, _, _ in _taps(g)]
+
+
+def _im2col(dev, x, g, taps):
+    """Columns (N, groups, C/groups*len(taps), Ho*Wo): row (c, t) holds the input under tap
+    ``taps[t]`` of channel c at every output pixel, zero where it falls on padding."""
+    shape = (g.N, g.groups, g.C // g.groups * len(taps), g.Ho * g.Wo)
     if _is_pointwise(g):
         return x.reshape(shape)  # a 1x1 stride-1 conv is a plain GEMM on x itself
     xp = dev.xp
@@ -108,9 +118,9 @@ def _im2col(dev, x, g):
         _launch(dev, x.dtype, "im2col", cols.size, (xp.ascontiguousarray(x), cols) + _geom_args(g))
         return cols
     cols = np.zeros(shape, x.dtype)  # padding stays zero
-    view = cols.reshape(g.N, g.C, g.kh * g.kw, g.Ho, g.Wo)
-    for t, out, inp in _taps(g):
-        view[:, :, t][(..., *out)] = x[(..., *inp)]
+    view = cols.reshape(g.N, g.C, len(taps), g.Ho, g.Wo)
+    for k, (_, out, inp) in enumerate(_taps(g)):
+        view[:, :, k][(..., *out)] = x[(..., *inp)]
     return cols
 
 
@@ -124,9 +134,10 @@ def _col2im(dev, cols, g):
         _launch(dev, cols.dtype, "col2im", gx.size, (xp.ascontiguousarray(cols), gx) + _geom_args(g))
         return gx
     gx = np.zeros((g.N, g.C, g.H, g.W), cols.dtype)
-    view = cols.reshape(g.N, g.C, g.kh * g.kw, g.Ho, g.Wo)
-    for t, out, inp in _taps(g):
-        gx[(..., *inp)] += view[:, :, t][(..., *out)]
+    taps = _taps(g)
+    view = cols.reshape(g.N, g.C, len(taps), g.Ho, g.Wo)
+    for k, (_, out, inp) in enumerate(taps):
+        gx[(..., *inp)] += view[:, :, k][(..., *out)]
     return gx
 
 
@@ -146,9 +157,9 @@ class Conv2d(Function):
         if self.depthwise:
             y = (_dw_kernel_forward if self.dev.uses_kernels else _dw_numpy_forward)(self, x, w)
         else:
-            self.cols, self.w = _im2col(self.dev, x, g), w
-            G = g.groups
-            y = self.dev.xp.matmul(w.reshape(G, g.Cout // G, -1), self.cols)
+            self.taps = _gemm_taps(self.dev, g)
+            self.cols, self.w = _im2col(self.dev, x, g, self.taps), self._gemm_weight(w)
+            y = self.dev.xp.matmul(self.w, self.cols)
             y = y.reshape(g.N, g.Cout, g.Ho, g.Wo)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
@@ -162,17 +173,26 @@ class Conv2d(Function):
             return gx, gw, gb
         G = g.groups
         gy = xp.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
-        w = self.w.reshape(G, g.Cout // G, -1)
         gx = gw = None
         if self.needs_grad[0]:
-            gx = _col2im(self.dev, xp.matmul(w.transpose(0, 2, 1), gy), g)
+            gx = _col2im(self.dev, xp.matmul(self.w.transpose(0, 2, 1), gy), g)
         if self.needs_grad[1]:
             # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
-            gw = xp.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
+            gw_taps = xp.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
             for n in range(1, g.N):
-                gw += xp.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
-            gw = gw.reshape(self.w.shape)
+                gw_taps += xp.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
+            gw = xp.zeros((g.Cout, g.C // G, g.kh * g.kw), gy.dtype)  # dead taps: gradient 0
+            gw[:, :, self.taps] = gw_taps.reshape(g.Cout, g.C // G, len(self.taps))
+            gw = gw.reshape(g.Cout, g.C // G, g.kh, g.kw)
         return gx, gw, gb
+
+    def _gemm_weight(self, w):
+        """w as (groups, Cout/groups, Cin/groups * len(taps)): the live taps' weights only."""
+        g = self.g
+        w = w.reshape(g.Cout, g.C // g.groups, g.kh * g.kw)
+        if len(self.taps) < g.kh * g.kw:
+            w = w[:, :, self.taps]
+        return w.reshape(g.groups, g.Cout // g.groups, -1)
 
 
 # -- depthwise, NumPy path -------------------------------------------------------------------
