@@ -44,7 +44,7 @@ from benchmarks.common import (  # noqa: E402
     LaunchLog, blas_threads, default_json_path, device_info, synchronize, write_json)
 
 MODEL_KEYS = ("backbone", "width", "middle_blocks", "aspp_channels", "low_level_channels",
-              "bn_momentum")
+              "separable_aspp", "bn_momentum")
 PRESETS = {
     "default": dict({k: PRESET[k] for k in MODEL_KEYS}, num_classes=ShapesDataset.num_classes,
                     output_stride=PRESET.get("output_stride", 16), crop=PRESET["crop"],
@@ -72,8 +72,9 @@ def make_batch(cfg, batch, seed=0):
 
 
 def build(cfg, device):
-    model = deeplabv3plus(**{k: cfg[k] for k in MODEL_KEYS}, num_classes=cfg["num_classes"],
-                          output_stride=cfg["output_stride"], seed=0).to(device)
+    model = deeplabv3plus(**{k: cfg[k] for k in MODEL_KEYS if k in cfg},
+                          num_classes=cfg["num_classes"], output_stride=cfg["output_stride"],
+                          seed=0).to(device)
     return model, SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 

@@ -40,11 +40,13 @@ def _colour(rng, others, min_dist=0.35):
 
 
 def make_image(rng, image_size=64, max_objects=3, size_range=(0.3, 0.6), noise=0.02,
-               max_angle=15):
+               max_angle=15, min_visible=0.85):
     """One (image, label) pair drawn from ``rng``; 2..max_objects objects of ``size_range`` x S,
-    turned by up to +-``max_angle`` degrees. The defaults make a task that a small DeepLabv3+
-    learns in minutes on a CPU: with free rotation, telling a small disc from a turned square
-    takes tens of thousands of iterations (measured: val mIoU 0.2 after 1500)."""
+    turned by up to +-``max_angle`` degrees, each later object hiding at most 1 - ``min_visible``
+    of every earlier one. The defaults make a task that a small DeepLabv3+ learns in minutes on a
+    CPU: with free rotation, telling a small disc from a turned square takes tens of thousands of
+    iterations (measured: val mIoU 0.2 after 1500); with objects up to 40 % hidden the default
+    run reached 0.74 instead of 0.85 (the network mixed the classes of half-hidden shapes)."""
     S = image_size
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
     # Background: a base colour with a faint grating (period 3-8 px: too fine to look like a bar).
@@ -57,13 +59,13 @@ def make_image(rng, image_size=64, max_objects=3, size_range=(0.3, 0.6), noise=0
     areas, colours = [0], [base]
     for k in range(1, rng.integers(2, max_objects + 1) + 1):
         cls = int(rng.integers(1, len(CLASSES)))
-        for _ in range(10):  # re-draw the geometry until every earlier object stays >= 60 % visible
+        for _ in range(10):  # re-draw until every earlier object keeps min_visible of its area
             size = rng.uniform(*size_range) * S
             cy, cx = rng.uniform(0.15 * S, 0.85 * S, 2)  # so at least about half of it is inside
             angle = np.radians(rng.uniform(-max_angle, max_angle))
             m = _mask(cls, yy, xx, cy, cx, size, angle, rng)
             left = np.bincount(inst[~m], minlength=len(areas))
-            if np.all(left[1:] >= 0.6 * np.array(areas[1:])):
+            if np.all(left[1:] >= min_visible * np.array(areas[1:])):
                 break
         else:
             continue
