@@ -98,18 +98,21 @@ def _geom_args(g):
     return (g.N, g.C, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.Ho, g.Wo)
 
 
-def _gemm_taps(dev, g):
-    """The flat tap indices the GEMM runs over: on the NumPy path the live taps only (a tap that
-    sees only padding multiplies zeros); the im2col kernel writes every tap."""
-    if dev.uses_kernels or _is_pointwise(g):
-        return list(range(g.kh * g.kw))
-    return [t for t, _, _ in _taps(g)]
+def _live_taps(dev, g):
+    """The taps the GEMM runs over, as ``_taps`` lists them: on the NumPy path those that see the
+    image (a tap that sees only padding would multiply zeros); None, meaning all kh*kw, on the
+    kernel path (the im2col kernel writes every tap) and for 1x1 convs."""
+    return None if dev.uses_kernels or _is_pointwise(g) else _taps(g)
 
 
-def _im2col(dev, x, g, taps):
-    """Columns (N, groups, C/groups*len(taps), Ho*Wo): row (c, t) holds the input under tap
-    ``taps[t]`` of channel c at every output pixel, zero where it falls on padding."""
-    shape = (g.N, g.groups, g.C // g.groups * len(taps), g.Ho * g.Wo)
+def _n_taps(g, live):
+    return g.kh * g.kw if live is None else len(live)
+
+
+def _im2col(dev, x, g, live):
+    """Columns (N, groups, C/groups*taps, Ho*Wo): row (c, t) holds the input under tap t (of
+    ``live``, or of all kh*kw) of channel c at every output pixel, zero where it falls on padding."""
+    shape = (g.N, g.groups, g.C // g.groups * _n_taps(g, live), g.Ho * g.Wo)
     if _is_pointwise(g):
         return x.reshape(shape)  # a 1x1 stride-1 conv is a plain GEMM on x itself
     xp = dev.xp
@@ -118,13 +121,13 @@ def _im2col(dev, x, g, taps):
         _launch(dev, x.dtype, "im2col", cols.size, (xp.ascontiguousarray(x), cols) + _geom_args(g))
         return cols
     cols = np.zeros(shape, x.dtype)  # padding stays zero
-    view = cols.reshape(g.N, g.C, len(taps), g.Ho, g.Wo)
-    for k, (_, out, inp) in enumerate(_taps(g)):
+    view = cols.reshape(g.N, g.C, len(live), g.Ho, g.Wo)
+    for k, (_, out, inp) in enumerate(live):
         view[:, :, k][(..., *out)] = x[(..., *inp)]
     return cols
 
 
-def _col2im(dev, cols, g):
+def _col2im(dev, cols, g, live):
     """The adjoint of _im2col: add every column entry back onto the input pixel it came from."""
     if _is_pointwise(g):
         return cols.reshape(g.N, g.C, g.H, g.W)
@@ -134,9 +137,8 @@ def _col2im(dev, cols, g):
         _launch(dev, cols.dtype, "col2im", gx.size, (xp.ascontiguousarray(cols), gx) + _geom_args(g))
         return gx
     gx = np.zeros((g.N, g.C, g.H, g.W), cols.dtype)
-    taps = _taps(g)
-    view = cols.reshape(g.N, g.C, len(taps), g.Ho, g.Wo)
-    for k, (_, out, inp) in enumerate(taps):
+    view = cols.reshape(g.N, g.C, len(live), g.Ho, g.Wo)
+    for k, (_, out, inp) in enumerate(live):
         gx[(..., *inp)] += view[:, :, k][(..., *out)]
     return gx
 
@@ -157,8 +159,8 @@ class Conv2d(Function):
         if self.depthwise:
             y = (_dw_kernel_forward if self.dev.uses_kernels else _dw_numpy_forward)(self, x, w)
         else:
-            self.taps = _gemm_taps(self.dev, g)
-            self.cols, self.w = _im2col(self.dev, x, g, self.taps), self._gemm_weight(w)
+            self.live = _live_taps(self.dev, g)
+            self.cols, self.w = _im2col(self.dev, x, g, self.live), self._gemm_weight(w)
             y = self.dev.xp.matmul(self.w, self.cols)
             y = y.reshape(g.N, g.Cout, g.Ho, g.Wo)
         if b is not None:
@@ -175,23 +177,28 @@ class Conv2d(Function):
         gy = xp.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
         gx = gw = None
         if self.needs_grad[0]:
-            gx = _col2im(self.dev, xp.matmul(self.w.transpose(0, 2, 1), gy), g)
+            gx = _col2im(self.dev, xp.matmul(self.w.transpose(0, 2, 1), gy), g, self.live)
         if self.needs_grad[1]:
             # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
             gw_taps = xp.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
             for n in range(1, g.N):
                 gw_taps += xp.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
-            gw = xp.zeros((g.Cout, g.C // G, g.kh * g.kw), gy.dtype)  # dead taps: gradient 0
-            gw[:, :, self.taps] = gw_taps.reshape(g.Cout, g.C // G, len(self.taps))
+            gw = gw_taps.reshape(g.Cout, g.C // G, -1)
+            if self._dead_taps():  # their weights multiplied zeros: gradient 0
+                gw = xp.zeros((g.Cout, g.C // G, g.kh * g.kw), gy.dtype)
+                gw[:, :, [t for t, _, _ in self.live]] = gw_taps.reshape(g.Cout, g.C // G, -1)
             gw = gw.reshape(g.Cout, g.C // G, g.kh, g.kw)
         return gx, gw, gb
 
+    def _dead_taps(self):
+        return _n_taps(self.g, self.live) < self.g.kh * self.g.kw
+
     def _gemm_weight(self, w):
-        """w as (groups, Cout/groups, Cin/groups * len(taps)): the live taps' weights only."""
+        """w as (groups, Cout/groups, Cin/groups * taps): the live taps' weights only."""
         g = self.g
         w = w.reshape(g.Cout, g.C // g.groups, g.kh * g.kw)
-        if len(self.taps) < g.kh * g.kw:
-            w = w[:, :, self.taps]
+        if self._dead_taps():
+            w = w[:, :, [t for t, _, _ in self.live]]
         return w.reshape(g.groups, g.Cout // g.groups, -1)
 
 
