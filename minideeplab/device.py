@@ -65,7 +65,7 @@ class CUDA(Device):
             raise ValueError(f"device 'cuda': CuPy sees no GPU ({e})") from None
         if count == 0:
             raise ValueError("device 'cuda': CuPy sees no GPU")
-        self._cp, self._modules = cupy, {}
+        self._cp = cupy
 
     @property
     def xp(self):
@@ -75,14 +75,8 @@ class CUDA(Device):
         return self._cp.asarray(array, dtype=dtype)
 
     def module(self, family, dtype):
-        # Every op asks for its module at every call (~650 times a training step): a dict lookup
-        # here, not load_module's path resolution, which took a third of the host time of a
-        # default-preset step on the GPU (cProfile).
-        key = (family, dtype, self._cp.cuda.runtime.getDevice())
-        if key not in self._modules:
-            from .kernels.loader import load_module
-            self._modules[key] = load_module(family, dtype)
-        return self._modules[key]
+        from .kernels.loader import load_module
+        return load_module(family, dtype)
 
     def launch(self, module, kernel, grid, block, args):
         module.launch(kernel, _dim3(grid), _dim3(block), args)
