@@ -1,4 +1,4 @@
-"""Timing and counting helpers shared by the benchmarks (DESIGN.md s. 10).
+"""Timing and counting helpers shared by the benchmarks (ARCHITECTURE.md s. 11).
 
 Bytes are those that *must* move (each input read once, each output written once), counted by hand
 per op, so GB/s says how close an implementation is to the memory bound; FLOPs count a

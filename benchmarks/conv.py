@@ -1,4 +1,4 @@
-"""Convolution benchmark at the paper's shapes (batch 8 at 513x513, DESIGN.md s. 10).
+"""Convolution benchmark at the paper's shapes (batch 8 at 513x513, ARCHITECTURE.md s. 11).
 
 Depthwise 3x3 over 728 channels at 33x33 (output stride 16) with rates 1, 6, 12, 18 (the entry of
 the separable ASPP), and the 1x1 728->728 and 256->256 convs at 129x129, forward and backward

@@ -1,5 +1,5 @@
 """Every kernel family at the paper's shapes (batch 8 at 513x513, output stride 16; issue 9,
-DESIGN.md s. 10), against the measured roofline and PyTorch.
+ARCHITECTURE.md s. 11), against the measured roofline and PyTorch.
 
 Families: depthwise atrous conv (forward, backward-input, backward-weight) at 728 and 2048
 channels 33x33, rates 1/6/12/18; im2col/col2im (the stem's dense 3x3 convs); batch norm (train

@@ -1,4 +1,4 @@
-"""Batch-norm benchmark at DeepLab shapes (batch 8 at 513x513, DESIGN.md s. 10): 256 channels at
+"""Batch-norm benchmark at DeepLab shapes (batch 8 at 513x513, ARCHITECTURE.md s. 11): 256 channels at
 129x129 (decoder, output stride 4) and 728 at 33x33 (Xception middle flow, output stride 16).
 
 Training forward (statistics, running-stat update, normalisation), backward (dgamma, dbeta, dx)

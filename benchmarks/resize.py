@@ -1,5 +1,5 @@
-"""Bilinear resize and global average pooling at DeepLab shapes (batch 8 at 513x513, DESIGN.md
-s. 6 and 10), align_corners=True: the decoder's x4 upsampling of 256 channels 33x33 -> 129x129,
+"""Bilinear resize and global average pooling at DeepLab shapes (batch 8 at 513x513, ARCHITECTURE.md
+s. 7 and 11), align_corners=True: the decoder's x4 upsampling of 256 channels 33x33 -> 129x129,
 the final x4 of 21 logits 129x129 -> 513x513, ASPP image pooling of 2048 channels at 33x33 and its
 1x1 -> 33x33 upsampling of 256 channels; forward and backward.
 

@@ -1,4 +1,4 @@
-"""The three devices of DESIGN.md section 2: ``cpu``, ``cuda`` and ``emu``.
+"""The three devices (ARCHITECTURE.md section 2): ``cpu``, ``cuda`` and ``emu``.
 
 An op asks its device for two things only: ``dev.xp`` (numpy or cupy) and, on the kernel path,
 ``dev.launch(module, kernel, grid, block, args)``. ``cuda`` and ``emu`` share the kernel path, so a

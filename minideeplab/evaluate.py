@@ -1,4 +1,4 @@
-"""``python -m minideeplab.evaluate``: mIoU of a checkpoint (paper Sec. 4; DESIGN.md s. 7).
+"""``python -m minideeplab.evaluate``: mIoU of a checkpoint (paper Sec. 4; ARCHITECTURE.md s. 8).
 
 One confusion matrix over the whole split; the output stride can differ from training's (Sec.
 3.1: atrous rates change, weights do not); multi-scale inputs and left-right flips average the

@@ -1,4 +1,4 @@
-"""Function: one differentiable op, DeZero-style (DESIGN.md section 5).
+"""Function: one differentiable op, DeZero-style (ARCHITECTURE.md section 4).
 
 Subclasses implement ``forward(*arrays) -> array or tuple`` and ``backward(*grads) -> grads``
 (one per input, ``None`` where an input takes no gradient). ``self.dev`` is the device the inputs

@@ -1,4 +1,4 @@
-"""Numerical gradient check: float64 central differences against ``backward()`` (DESIGN.md s. 9).
+"""Numerical gradient check: float64 central differences against ``backward()`` (ARCHITECTURE.md s. 10).
 
 With a random upstream gradient ``gy`` the scalar ``L(x) = sum(fn(x) * gy)`` has gradient
 ``backward(gy)``. The ``elementwise`` mode perturbs every input element (small inputs); the

@@ -1,4 +1,4 @@
-"""SGD with momentum and weight decay, and the "poly" schedule (paper Sec. 4; DESIGN.md s. 7)."""
+"""SGD with momentum and weight decay, and the "poly" schedule (paper Sec. 4; ARCHITECTURE.md s. 8)."""
 import numpy as np
 
 from .device import get_device

@@ -1,4 +1,4 @@
-"""Tensor: an array on a device plus the graph that made it (DESIGN.md section 5).
+"""Tensor: an array on a device plus the graph that made it (ARCHITECTURE.md section 4).
 
 ``backward()`` visits the creators in reverse topological order (highest generation first, so a
 tensor's gradient is complete before its creator runs), accumulates ``.grad`` on the leaves that

@@ -1,4 +1,4 @@
-"""``python -m minideeplab.train``: train DeepLabv3+ end to end (paper Sec. 4; DESIGN.md s. 7).
+"""``python -m minideeplab.train``: train DeepLabv3+ end to end (paper Sec. 4; ARCHITECTURE.md s. 8).
 
 Without arguments: the embedded shapes dataset, a small aligned-Xception DeepLabv3+ at output
 stride 8 (``PRESET``), the GPU if CuPy sees one, else the CPU; ends with a trained model and a val

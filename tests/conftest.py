@@ -1,4 +1,4 @@
-"""Shared test settings: the device parameter and the one table of tolerances (DESIGN.md s. 9)."""
+"""Shared test settings: the device parameter and the one table of tolerances (ARCHITECTURE.md s. 10)."""
 import os
 
 import numpy as np

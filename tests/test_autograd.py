@@ -1,4 +1,4 @@
-"""Autograd semantics (DESIGN.md section 5), checked against closed-form derivatives."""
+"""Autograd semantics (ARCHITECTURE.md section 4), checked against closed-form derivatives."""
 import numpy as np
 import pytest
 

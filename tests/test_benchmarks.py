@@ -1,4 +1,4 @@
-"""The benchmarks run, in --quick mode, so they cannot rot (DESIGN.md s. 10); without PyTorch."""
+"""The benchmarks run, in --quick mode, so they cannot rot (ARCHITECTURE.md s. 11); without PyTorch."""
 import json
 
 import numpy as np

@@ -1,5 +1,5 @@
 """Convolutions against independent references: naive loops, SciPy on a zero-inserted kernel, and
-cross-op identities (DESIGN.md s. 9). Shapes stay tiny: the emu device runs every kernel on the CPU."""
+cross-op identities (ARCHITECTURE.md s. 10). Shapes stay tiny: the emu device runs every kernel on the CPU."""
 import numpy as np
 import pytest
 import scipy.signal

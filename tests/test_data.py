@@ -1,4 +1,4 @@
-"""The synthetic shapes dataset (DESIGN.md section 7): deterministic, labels in range, a thin
+"""The synthetic shapes dataset (ARCHITECTURE.md section 8): deterministic, labels in range, a thin
 boundary band of 255, and colour that does not give the class."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The emulator itself (DESIGN.md s. 4): barriers, shared memory, 3-D indexing, atomics, the
+"""The emulator itself (ARCHITECTURE.md s. 6): barriers, shared memory, 3-D indexing, atomics, the
 checking mode's deadlock and out-of-bounds reports, and the build cache."""
 from pathlib import Path
 

@@ -36,7 +36,7 @@ def test_shape_pass_restores_the_ops_even_after_an_error():
     assert F.conv2d is conv and nn.layers.max_pool2d is nn.max_pool2d
 
 
-# The three anchors of DESIGN.md s. 6 with the exact count.
+# The three anchors of ARCHITECTURE.md s. 7 with the exact count.
 @pytest.mark.parametrize("key, output_stride, multi_scale, paper", [
     (("xception65", True, True), 16, False, 54.17e9),    # model zoo / Table 5
     (("xception65", True, True), 8, True, 3055.35e9),    # six scales + flip, Table 5

@@ -1,5 +1,5 @@
 """ReLU and the per-channel sum on every device against independent NumPy references
-(DESIGN.md s. 9: shapes that are not multiples of the block size, batch 1, a 1x1 map), and the
+(ARCHITECTURE.md s. 10: shapes that are not multiples of the block size, batch 1, a 1x1 map), and the
 refusal of arrays too large for the kernels' 32-bit indices."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Metrics against a confusion matrix counted by hand (DESIGN.md section 7)."""
+"""Metrics against a confusion matrix counted by hand (ARCHITECTURE.md section 8)."""
 import numpy as np
 import pytest
 

@@ -1,5 +1,5 @@
 """Every kernel compiles with NVRTC (pip nvidia-cuda-nvrtc, no GPU) for float and double, for the
-H100 and an older architecture, without a warning (DESIGN.md s. 3)."""
+H100 and an older architecture, without a warning (ARCHITECTURE.md s. 5)."""
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,5 @@
 """SGD and the poly schedule against closed forms, on every device, and the kernel path against
-the NumPy one (paper Sec. 4; DESIGN.md section 7)."""
+the NumPy one (paper Sec. 4; ARCHITECTURE.md section 8)."""
 import numpy as np
 import pytest
 

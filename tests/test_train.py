@@ -1,4 +1,4 @@
-"""The training and evaluation CLIs end to end on a tiny configuration (DESIGN.md s. 7-8)."""
+"""The training and evaluation CLIs end to end on a tiny configuration (ARCHITECTURE.md s. 8-9)."""
 import json
 
 import numpy as np

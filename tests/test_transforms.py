@@ -1,4 +1,4 @@
-"""Augmentation keeps image and label aligned; padding values; the batch loader (DESIGN.md s. 7)."""
+"""Augmentation keeps image and label aligned; padding values; the batch loader (ARCHITECTURE.md s. 8)."""
 import numpy as np
 import pytest
 from scipy import ndimage

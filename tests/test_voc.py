@@ -1,4 +1,4 @@
-"""The PASCAL VOC 2012 reader on a tiny tree written in the real on-disk format (DESIGN.md s. 7)."""
+"""The PASCAL VOC 2012 reader on a tiny tree written in the real on-disk format (ARCHITECTURE.md s. 8)."""
 import numpy as np
 import pytest
 from PIL import Image

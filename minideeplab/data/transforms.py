@@ -1,5 +1,5 @@
 """Augmentation and batching (paper Sec. 4: random scale 0.5-2.0, crop, left-right flip;
-DESIGN.md section 7), on NumPy HWC arrays with an explicit ``np.random.Generator``.
+ARCHITECTURE.md section 8), on NumPy HWC arrays with an explicit ``np.random.Generator``.
 
 Images stay uint8 (H, W, 3) until ``normalize`` makes them float32; labels are uint8 (H, W).
 Scaling uses Pillow (C, fast at 64-513 px): bilinear for the image, nearest for the label; both

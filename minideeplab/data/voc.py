@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 segmentation as laid out on disk (paper Sec. 4; DESIGN.md section 7).
+"""PASCAL VOC 2012 segmentation as laid out on disk (paper Sec. 4; ARCHITECTURE.md section 8).
 
 ``root`` is the ``VOC2012`` folder holding ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png``
 (palette PNGs whose indices are the labels; 255 = boundary/ignore) and

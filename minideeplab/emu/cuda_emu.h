@@ -1,4 +1,4 @@
-// cuda_emu.h: CUDA's built-ins on the host, so that kernels/*.cu compile with g++ (DESIGN.md s. 4).
+// cuda_emu.h: CUDA's built-ins on the host, so that kernels/*.cu compile with g++ (ARCHITECTURE.md s. 6).
 // Blocks run one after another on the calling thread. A block's threads run as fibers that switch
 // only at __syncthreads(), which gives CUDA's barrier semantics exactly; a kernel that never reaches
 // a barrier runs its threads as plain calls. __shared__ is `static`: one copy, and since blocks run

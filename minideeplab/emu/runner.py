@@ -1,6 +1,6 @@
 """The ``emu`` device's kernel runner: the ``.cu`` source compiled with g++ and called with ctypes.
 
-DESIGN.md s. 4. ``cuda_emu.h`` supplies CUDA's built-ins; this module generates one launch wrapper
+ARCHITECTURE.md s. 6. ``cuda_emu.h`` supplies CUDA's built-ins; this module generates one launch wrapper
 per ``extern "C" __global__`` signature (parsed by ``kernels/loader.py``, as on ``cuda``), caches the
 shared library by a hash of everything that goes into it, and runs kernels on NumPy arrays in place.
 

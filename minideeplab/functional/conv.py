@@ -1,7 +1,7 @@
 """Convolutions: dense, strided, atrous (dilated), grouped, depthwise and pointwise (paper Sec. 3.1).
 
 One op, ``Conv2d``, covers them all; the named wrappers below are what the models read. Two paths
-(DESIGN.md s. 2):
+(ARCHITECTURE.md s. 2):
 - NumPy (``cpu``): im2col + one batched GEMM for dense/grouped convs, a plain GEMM without im2col
   for 1x1 stride-1 convs, and a loop over the kh*kw taps for depthwise convs. Each tap is clipped
   to the output rows/columns whose input lies inside the image, so nothing is ever padded, and a
@@ -290,7 +290,7 @@ def _dw_kernel_backward(op, gy):
 # -- the public ops --------------------------------------------------------------------------
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation, NCHW, w (Cout, Cin/groups, kh, kw); DESIGN.md s. 8."""
+    """2-D cross-correlation, NCHW, w (Cout, Cin/groups, kh, kw); ARCHITECTURE.md s. 9."""
     op = Conv2d(stride, padding, dilation, groups)
     return op(x, w) if b is None else op(x, w, b)
 
@@ -313,5 +313,5 @@ def pointwise_conv2d(x, w, b=None):
 
 def separable_conv2d(x, w_depthwise, w_pointwise, rate=1, stride=1):
     """Atrous separable convolution (Fig. 3): depthwise with rate r, then pointwise. The modified
-    Xception puts BN + ReLU between the two (DESIGN.md s. 6); the models compose that themselves."""
+    Xception puts BN + ReLU between the two (ARCHITECTURE.md s. 7); the models compose that themselves."""
     return pointwise_conv2d(depthwise_conv2d(x, w_depthwise, rate=rate, stride=stride), w_pointwise)

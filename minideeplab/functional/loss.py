@@ -1,5 +1,5 @@
 """Per-pixel softmax cross-entropy, mean over the pixels whose label is not ``ignore_index``
-(DESIGN.md s. 7: VOC marks object boundaries 255)."""
+(ARCHITECTURE.md s. 8: VOC marks object boundaries 255)."""
 from ..function import Function
 from ..kernels import grid_1d
 

@@ -1,4 +1,4 @@
-"""Batch normalisation (Ioffe & Szegedy 2015) with PyTorch's conventions (DESIGN.md s. 8).
+"""Batch normalisation (Ioffe & Szegedy 2015) with PyTorch's conventions (ARCHITECTURE.md s. 9).
 
 Training normalises with the biased batch variance and updates the running statistics in place,
 ``running = (1 - momentum) * running + momentum * batch_stat`` with the unbiased variance;

@@ -1,4 +1,4 @@
-"""Per-channel sums over N, H and W: the reduction behind BatchNorm's statistics (DESIGN.md s. 3)."""
+"""Per-channel sums over N, H and W: the reduction behind BatchNorm's statistics (ARCHITECTURE.md s. 5)."""
 from ..device import get_device
 
 CHANNEL_SUM_BLOCK = 256  # threads per block = the shared array of kernels/reduce.cu

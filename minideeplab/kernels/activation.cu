@@ -1,4 +1,4 @@
-// ReLU (DESIGN.md s. 3), forward y = max(x, 0) and backward gx = gy where y > 0, else 0.
+// ReLU (ARCHITECTURE.md s. 5), forward y = max(x, 0) and backward gx = gy where y > 0, else 0.
 // One thread: elements i, i + stride, i + 2 stride, ... of a grid-stride loop
 //   (i = its global index, stride = gridDim.x * blockDim.x), so any grid covers any n.
 // Launch: 1-D, grid_1d(n) blocks of 256 threads (kernels/__init__.py).

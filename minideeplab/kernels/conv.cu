@@ -1,4 +1,4 @@
-// Convolution kernels (paper Sec. 3.1, DESIGN.md s. 3) behind conv2d's kernel path
+// Convolution kernels (paper Sec. 3.1, ARCHITECTURE.md s. 5) behind conv2d's kernel path
 // (functional/conv.py): im2col / col2im around an xp.matmul GEMM for dense and grouped convs, and
 // direct depthwise kernels. Every kernel takes the same geometry: input x (N, C, H, W) in NCHW,
 // kernel kh x kw, stride (sh, sw), zero padding (ph, pw), dilation (dh, dw), output Ho x Wo.

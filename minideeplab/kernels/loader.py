@@ -1,4 +1,4 @@
-"""Kernel sources: signatures, argument checks and the ``cuda`` module cache (DESIGN.md s. 3).
+"""Kernel sources: signatures, argument checks and the ``cuda`` module cache (ARCHITECTURE.md s. 5).
 
 Both kernel devices read a ``.cu`` file through this module: ``cuda`` compiles it with NVRTC into a
 ``cupy.RawModule``, ``emu`` (``emu/runner.py``) with g++; both take their argument types from

@@ -1,4 +1,4 @@
-// Per-pixel softmax cross-entropy of (N, C, HW) logits (DESIGN.md s. 3 and 7).
+// Per-pixel softmax cross-entropy of (N, C, HW) logits (ARCHITECTURE.md s. 5 and 8).
 // Indices are 32-bit int: each pixel's position is a division by HW, which in 64 bits a GPU
 // emulates in software, many times slower; the loader refuses arrays too large for int.
 

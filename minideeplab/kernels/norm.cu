@@ -1,4 +1,4 @@
-// Batch normalisation (Ioffe & Szegedy 2015; DESIGN.md s. 3 and 8) on contiguous (N, C, L)
+// Batch normalisation (Ioffe & Szegedy 2015; ARCHITECTURE.md s. 5 and 9) on contiguous (N, C, L)
 // arrays, L = H * W, M = N * L values per channel. The per-channel sums come from reduce.cu's
 // channel_sum; the variance and the backward's sums from bn_moments, the same
 // one-block-per-channel tree reduction, two sums. The per-channel arithmetic between them (mean,

@@ -1,4 +1,4 @@
-// SGD with momentum and weight decay (optim.py, DESIGN.md s. 7): the whole update of one
+// SGD with momentum and weight decay (optim.py, ARCHITECTURE.md s. 8): the whole update of one
 // parameter in one launch, where the array-at-a-time form costs up to six launches per parameter.
 // One thread: elements i, i + stride, ... (grid-stride, stride = gridDim.x * blockDim.x) of
 //   d = g + weight_decay * p;

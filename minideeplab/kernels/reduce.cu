@@ -1,5 +1,5 @@
 // Per-channel sum over N, H, W of a contiguous NCHW array: out[c] = sum_{n,h,w} x[n, c, h, w]
-// (BatchNorm's statistics and its backward, DESIGN.md s. 3).
+// (BatchNorm's statistics and its backward, ARCHITECTURE.md s. 5).
 // One block per channel c. Thread t adds up the elements j = t, t + 256, ... of the channel's N*HW
 // values (j -> x[(j / HW) * C * HW + c * HW + j % HW], so neighbouring threads read neighbouring
 // addresses), then the block adds its 256 partial sums in a shared-memory tree. The order of every

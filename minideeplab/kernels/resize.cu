@@ -1,4 +1,4 @@
-// Bilinear resize of contiguous (N, C, H, W) arrays (DESIGN.md s. 3 and 6). The index arithmetic of
+// Bilinear resize of contiguous (N, C, H, W) arrays (ARCHITECTURE.md s. 5 and 7). The index arithmetic of
 // align_corners lives on the host (functional/resize.py) in per-axis tables, so both devices and
 // the NumPy path share one definition of which inputs an output reads.
 // Indices are 32-bit int: each element's row and column take a division and a modulo, which a

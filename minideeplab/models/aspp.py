@@ -1,4 +1,4 @@
-"""Atrous Spatial Pyramid Pooling (paper Sec. 3.1, from DeepLabv3; DESIGN.md s. 6)."""
+"""Atrous Spatial Pyramid Pooling (paper Sec. 3.1, from DeepLabv3; ARCHITECTURE.md s. 7)."""
 from .. import functional as F, nn
 
 

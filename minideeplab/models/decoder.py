@@ -1,4 +1,4 @@
-"""The DeepLabv3+ decoder (paper Sec. 3.1, Fig. 2; Tables 1-2; DESIGN.md s. 6)."""
+"""The DeepLabv3+ decoder (paper Sec. 3.1, Fig. 2; Tables 1-2; ARCHITECTURE.md s. 7)."""
 from .. import functional as F, nn
 from .aspp import conv3x3
 

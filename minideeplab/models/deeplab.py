@@ -1,5 +1,5 @@
 """DeepLabv3+ (paper Sec. 3, Fig. 2) and DeepLabv3 (``decoder=False``) on an Xception-65 or a
-ResNet-101 backbone, with a switchable output stride (Sec. 3.1; DESIGN.md s. 6 and 8)."""
+ResNet-101 backbone, with a switchable output stride (Sec. 3.1; ARCHITECTURE.md s. 7 and 9)."""
 import numpy as np
 
 from .. import functional as F, nn

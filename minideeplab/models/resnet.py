@@ -1,5 +1,5 @@
 """ResNet-101 backbone as the official DeepLab code builds it (paper Sec. 4.2, Table 3):
-TF-slim's ResNet v1 "beta" variant. DESIGN.md s. 6."""
+TF-slim's ResNet v1 "beta" variant. ARCHITECTURE.md s. 7."""
 
 from .. import functional as F, nn
 from .xception import scaled

@@ -1,4 +1,4 @@
-"""The modified aligned Xception-65 backbone (paper Sec. 3.2, Fig. 4; DESIGN.md s. 6)."""
+"""The modified aligned Xception-65 backbone (paper Sec. 3.2, Fig. 4; ARCHITECTURE.md s. 7)."""
 from .. import nn
 
 

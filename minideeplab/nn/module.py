@@ -1,4 +1,4 @@
-"""Module and Parameter: the containers that hold a network's weights (DESIGN.md s. 1).
+"""Module and Parameter: the containers that hold a network's weights (ARCHITECTURE.md s. 1).
 
 A Module finds its Parameters and child Modules by attribute (in assignment order), and its
 buffers (BN running statistics: arrays that are state but not trained) by the names given to
