@@ -1,8 +1,35 @@
-"""Hand-written CUDA kernels (``*.cu``), shared by the ``cuda`` and ``emu`` devices."""
+"""Hand-written CUDA kernels (``*.cu``), shared by the ``cuda`` and ``emu`` devices.
 
+Every launch goes through ``launch``: ``BLOCK`` threads a block, a grid-stride grid over ``n``
+elements (``grid_1d``) or an explicit grid (one block per channel, say). Each ``.cu`` file is
+compiled with ``-DBLOCK=<BLOCK>``, so a kernel's shared arrays and the launch agree by
+construction (ARCHITECTURE.md s. 5).
+"""
+
+BLOCK = 256  # threads per block of every launch: a power of two, for the tree reductions
 MAX_GRID = 4096  # grid-stride loops cover larger sizes; keeps the emulator's block count bounded
 
 
-def grid_1d(n, block=256):
+def grid_1d(n):
     """Blocks for a 1-D grid-stride loop over ``n`` elements."""
-    return (max(1, min((int(n) + block - 1) // block, MAX_GRID)),)
+    return (max(1, min((int(n) + BLOCK - 1) // BLOCK, MAX_GRID)),)
+
+
+def launch(dev, family, kernel, args, n=None, grid=None):
+    """Run ``kernel`` of ``kernels/<family>.cu`` (or a ``.cu`` path) on ``dev`` with ``args``.
+
+    The grid is ``grid_1d(n)`` for a grid-stride loop over ``n`` elements, or ``grid`` blocks;
+    every block has ``BLOCK`` threads. The real type is the dtype of the first floating-point
+    array in ``args``. Arrays the kernel only reads (``const real*``) are made C-contiguous here
+    (a copy only if strided); arrays it writes must be C-contiguous already (the loader says so),
+    since a copy would be written instead of the caller's array.
+    """
+    if (n is None) == (grid is None):
+        raise ValueError(f"launch of {kernel}: give exactly one of n (elements) and grid (blocks)")
+    xp = dev.xp
+    dtype = next(a.dtype for a in args if isinstance(a, xp.ndarray) and a.dtype.kind == "f")
+    module = dev.module(family, dtype)
+    params = module.kernel(kernel).params
+    args = [xp.ascontiguousarray(a) if p.pointer and p.const and isinstance(a, xp.ndarray) else a
+            for p, a in zip(params, args)]
+    dev.launch(module, kernel, grid_1d(n) if grid is None else grid, BLOCK, args)

@@ -150,11 +150,12 @@ class Module:
     def __init__(self, path, real, kernels):
         self.path, self.real, self.kernels = path, real, kernels
 
-    def kernel(self, name, grid, block):
-        """The signature of ``name``, after checking the launch shape."""
+    def kernel(self, name, grid=None, block=None):
+        """The signature of ``name``, after checking the launch shape when one is given."""
         if name not in self.kernels:
             raise ValueError(f"{self.path.name} has no kernel {name!r}; it has {sorted(self.kernels)}")
-        check_launch(name, grid, block)
+        if grid is not None:
+            check_launch(name, grid, block)
         return self.kernels[name]
 
 
