@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels.loader import Module, convert_args, parse, real_name, source_path
+from ..kernels.loader import Module, convert_args, defines, parse, real_name, source_path
 
 HEADER = Path(__file__).resolve().with_name("cuda_emu.h")
 FLAGS = ["-O1", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-x", "c++"]
@@ -90,7 +90,7 @@ def load_module(family, dtype):
         raise RuntimeError(f"the emu device compiles kernels with a C++ compiler, and "
                            f"{os.environ.get('CXX', 'g++')!r} was not found: install g++ "
                            f"(apt-get install g++) or set CXX")
-    flags = FLAGS + [f"-Dreal={real}"]
+    flags = FLAGS + defines(real)
     digest = hashlib.sha256("\0".join([code, HEADER.read_text(), cxx, *flags]).encode()).hexdigest()
     target = cache_dir() / f"{path.stem}-{real}-{digest[:24]}.so"
     if not target.exists():

@@ -1,7 +1,7 @@
 // ReLU (ARCHITECTURE.md s. 5), forward y = max(x, 0) and backward gx = gy where y > 0, else 0.
 // One thread: elements i, i + stride, i + 2 stride, ... of a grid-stride loop
 //   (i = its global index, stride = gridDim.x * blockDim.x), so any grid covers any n.
-// Launch: 1-D, grid_1d(n) blocks of 256 threads (kernels/__init__.py).
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads (kernels/__init__.py).
 // Bytes per output element: forward reads 1 real, writes 1; backward reads 2 (y, gy), writes 1.
 // Indices are 32-bit int, as in every kernel file (a GPU emulates 64-bit integer division and
 // modulo in software, see conv.cu); the loader refuses arrays too large for int.

@@ -8,7 +8,7 @@
 // software, many times slower than 32-bit, and every thread here decomposes its flat index with
 // them. The loader refuses arrays too large for int (kernels/loader.py, MAX_ELEMENTS), and
 // functional/conv.py refuses padded sizes whose row arithmetic would leave it.
-// Launch: 1-D grid-stride loops, grid_1d(n) blocks of 256 threads, except
+// Launch: 1-D grid-stride loops, grid_1d(n) blocks of BLOCK threads, except
 // depthwise_backward_weight (see there). Gathers only: no atomics, every result is deterministic.
 
 // One thread: column element idx = ((((n*C + c)*kh + i)*kw + j)*Ho + ho)*Wo + wo, i.e. the input
@@ -116,14 +116,12 @@ extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
   }
 }
 
-#define DW_WEIGHT_BLOCK 256
-
 // One block: gw[co, 0, i, j] = sum over n, ho, wo of gy[n, co, ho, wo] * x[n, co / m, h, w] for
 // one (output channel, tap) pair b = co*kh*kw + i*kw + j (a grid-stride loop over the C*m*kh*kw
-// pairs). Thread t sums the positions t, t + 256, ... of the N*Ho*Wo outputs (neighbouring
-// threads read neighbouring gy), then the block adds the 256 partial sums in a shared-memory tree.
+// pairs). Thread t sums the positions t, t + BLOCK, ... of the N*Ho*Wo outputs (neighbouring
+// threads read neighbouring gy), then the block adds the BLOCK partial sums in a shared-memory tree.
 // No atomics; the order of every addition is fixed, so the result is deterministic.
-// Launch: grid min(C*m*kh*kw, 4096), block 256 (= DW_WEIGHT_BLOCK, a power of two).
+// Launch: grid min(C*m*kh*kw, 4096), block BLOCK.
 // Bytes per output element: reads N*Ho*Wo gy and as many x values, writes 1 real.
 extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
                                                      const real* __restrict__ gy,
@@ -131,7 +129,7 @@ extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
                                                      int H, int W, int kh, int kw, int sh, int sw,
                                                      int ph, int pw, int dh, int dw, int Ho,
                                                      int Wo) {
-  __shared__ real partial[DW_WEIGHT_BLOCK];
+  __shared__ real partial[BLOCK];
   const int Cm = C * m, pairs = Cm * kh * kw, HoWo = Ho * Wo, HW = H * W, CHW = C * HW;
   for (int b = blockIdx.x; b < pairs; b += gridDim.x) {
     const int co = b / (kh * kw), i = b / kw % kh, j = b % kw;

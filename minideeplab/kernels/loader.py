@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import MAX_GRID
+from . import BLOCK, MAX_GRID
 
 KERNEL_DIR = Path(__file__).resolve().parent
 _REALS = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -48,6 +48,11 @@ def source_path(family):
     if not path.is_file():
         raise ValueError(f"no kernel source {path}")
     return path.resolve()
+
+
+def defines(real):
+    """The macros every compile path (NVRTC, ``compile_check``, the emulator's g++) gives a file."""
+    return [f"-Dreal={real}", f"-DBLOCK={BLOCK}"]
 
 
 def strip_comments(source):
@@ -186,7 +191,7 @@ def load_module(family, dtype):
         path, real = source_path(family), real_name(dtype)
         source = path.read_text()
         kernels = parse(source, real, path.name)
-        raw = cupy.RawModule(code=source, options=(f"-Dreal={real}", "--std=c++17"))
+        raw = cupy.RawModule(code=source, options=(*defines(real), "--std=c++17"))
         try:
             raw.compile()
         except cupy.cuda.compiler.CompileException as e:
@@ -205,7 +210,7 @@ def compile_check(family, real="float", arch="compute_90"):
     prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [f"-Dreal={real}", f"--gpu-architecture={arch}", "--std=c++17"])
+            nvrtc.compileProgram(prog, [*defines(real), f"--gpu-architecture={arch}", "--std=c++17"])
         except nvrtc.NVRTCError:
             raise RuntimeError(f"{path.name} (real={real}, {arch}) does not compile:\n"
                                f"{nvrtc.getProgramLog(prog)}") from None

@@ -6,7 +6,7 @@
 // reads the C logits x[n, :, s] (stride HW: neighbouring threads read neighbouring addresses),
 // writes the softmax prob[n, :, s] (saved for the backward) and loss[p] = log(sum exp(x - max))
 // - (x[label] - max), max-subtracted so no exp overflows; loss[p] = 0 where label < 0 (ignored).
-// Launch: 1-D, grid_1d(N HW) blocks of 256.
+// Launch: 1-D, grid_1d(N HW) blocks of BLOCK.
 // Bytes per output (pixel): reads 3 C reals and 1 int, writes C + 1 reals.
 extern "C" __global__ void softmax_xent_forward(const real* __restrict__ x,
                                                 const int* __restrict__ labels,
@@ -32,7 +32,7 @@ extern "C" __global__ void softmax_xent_forward(const real* __restrict__ x,
 // One thread: elements i, i + stride, ... (grid-stride) of gx (N, C, HW):
 // gx = (prob - [c == label]) * scale[0] for counted pixels, 0 for ignored ones (label < 0);
 // scale = upstream gradient / number of counted pixels, kept on the device (no host sync).
-// Launch: 1-D, grid_1d(N C HW) blocks of 256. Bytes per output element: reads 1 real + 1 int,
+// Launch: 1-D, grid_1d(N C HW) blocks of BLOCK. Bytes per output element: reads 1 real + 1 int,
 // writes 1 real.
 extern "C" __global__ void softmax_xent_backward(const real* __restrict__ prob,
                                                  const int* __restrict__ labels,

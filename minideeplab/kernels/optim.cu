@@ -9,7 +9,7 @@
 // multiply and an add into one FMA, rounding once where NumPy rounds twice. With momentum = 0 buf
 // is neither read nor written (the caller passes any writable array of n reals: it has no buffer
 // then).
-// Launch: 1-D, grid_1d(n) blocks of 256 threads (kernels/__init__.py). Bytes per element: reads 2
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads (kernels/__init__.py). Bytes per element: reads 2
 // reals (p, g) and writes 1 without momentum; reads 3 and writes 2 with it.
 // Indices and sizes are 32-bit int, as in every kernel (kernels/loader.py guards the sizes).
 
