@@ -7,6 +7,7 @@ import pytest
 
 from minideeplab.device import get_device
 from minideeplab.emu import runner
+from minideeplab.kernels import BLOCK
 
 CASES = str(Path(__file__).parent / "kernels" / "emu_cases.cu")
 DTYPES = [np.float32, np.float64]
@@ -67,6 +68,31 @@ def test_math_builtins(dtype):
     expected = [np.exp(x32) + np.log(np.abs(x32)), np.ones(5), np.floor(x32),
                 np.minimum(x32, 0.5) + np.maximum(x32, 0.5)]
     np.testing.assert_allclose(out32, np.stack(expected, 1), rtol=1e-6)
+
+
+HELPERS = """#include "twice.cuh"
+extern "C" __global__ void twice_block_sum(const real* x, real* out) {
+  __shared__ real partial[BLOCK];
+  const real s = twice_sum(partial, x[blockIdx.x * blockDim.x + threadIdx.x]);
+  if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+extern "C" __global__ void copy(const real* x, real* y) { y[threadIdx.x] = x[threadIdx.x]; }
+"""
+
+
+def test_a_barrier_in_an_included_helper_is_found(tmp_path):
+    # twice.cuh, next to the .cu file, includes kernels/block_reduce.cuh, whose block_tree_sum has
+    # the barriers: twice_block_sum reaches them through two helpers, copy does not.
+    (tmp_path / "twice.cuh").write_text('#include "block_reduce.cuh"\n__device__ real twice_sum('
+                                        'real* p, real v) { return 2 * block_tree_sum(p, v); }\n')
+    (tmp_path / "helpers.cu").write_text(HELPERS)
+    emu = get_device("emu")
+    module = emu.module(str(tmp_path / "helpers.cu"), np.float64)
+    assert {k.name: k.syncs for k in module.kernels.values()} == {"twice_block_sum": True,
+                                                                  "copy": False}
+    x, out = np.random.default_rng(3).standard_normal((3, BLOCK)), np.zeros(3)
+    emu.launch(module, "twice_block_sum", 3, BLOCK, (x, out))
+    np.testing.assert_allclose(out, 2 * x.sum(axis=1), rtol=1e-12)
 
 
 def test_deadlock_is_reported():

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels.loader import Module, convert_args, defines, parse, real_name, source_path
+from ..kernels.loader import (Module, convert_args, options, parse, read_headers, real_name,
+                              source_path)
 
 HEADER = Path(__file__).resolve().with_name("cuda_emu.h")
-FLAGS = ["-O1", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-x", "c++"]
+FLAGS = ["-O1", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-x", "c++"]
 _check = [None]  # None: follow MINIDEEPLAB_EMU_CHECK
 _lock = threading.Lock()  # the emulator's built-ins are globals of the library: one launch at a time
 _modules = {}
@@ -64,10 +65,13 @@ def _wrapper(k):
             f'[&] {{ {k.name}({args}); }});\n}}\n')
 
 
-def _compile(cxx, flags, code, target):
-    """Build ``code`` into ``target`` through a temporary name, so parallel builds never clash."""
+def _compile(cxx, flags, code, target, cwd):
+    """Build ``code`` into ``target`` through a temporary name, so parallel builds never clash.
+    g++ reads ``code`` from stdin and looks up its quoted includes in ``cwd`` first, as it would
+    next to the ``.cu`` file."""
     tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    run = subprocess.run([cxx, *flags, "-o", str(tmp), "-"], input=code, capture_output=True, text=True)
+    run = subprocess.run([cxx, *flags, "-o", str(tmp), "-"], input=code, capture_output=True,
+                         text=True, cwd=cwd)
     if run.returncode:
         tmp.unlink(missing_ok=True)
         return run.stderr
@@ -82,7 +86,8 @@ def load_module(family, dtype):
     if key in _modules:
         return _modules[key]
     source = path.read_text()
-    kernels = parse(source, real, path.name)
+    headers = read_headers(path, source)
+    kernels = parse(source, real, path.name, headers.values())
     code = (f'#include "{HEADER}"\n#line 1 "{path}"\n{source}\n#line 1 "<emu launch wrappers>"\n'
             + "".join(map(_wrapper, kernels.values())))
     cxx = shutil.which(os.environ.get("CXX", "g++"))
@@ -90,12 +95,13 @@ def load_module(family, dtype):
         raise RuntimeError(f"the emu device compiles kernels with a C++ compiler, and "
                            f"{os.environ.get('CXX', 'g++')!r} was not found: install g++ "
                            f"(apt-get install g++) or set CXX")
-    flags = FLAGS + defines(real)
-    digest = hashlib.sha256("\0".join([code, HEADER.read_text(), cxx, *flags]).encode()).hexdigest()
-    target = cache_dir() / f"{path.stem}-{real}-{digest[:24]}.so"
+    flags = FLAGS + options(path, real)
+    digest = hashlib.sha256("\0".join([code, HEADER.read_text(), *headers.values(), cxx, *flags])
+                            .encode()).hexdigest()
+    target = cache_dir().absolute() / f"{path.stem}-{real}-{digest[:24]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        log = _compile(cxx, flags, code, target)
+        log = _compile(cxx, flags, code, target, path.parent)
         if log is not None:
             raise RuntimeError(f"{path.name} (real={real}) does not compile with {cxx}:\n{log}")
     _modules[key] = EmuModule(path, real, kernels, ctypes.CDLL(str(target)))

@@ -11,6 +11,8 @@
 // Launch: 1-D grid-stride loops, grid_1d(n) blocks of BLOCK threads, except
 // depthwise_backward_weight (see there). Gathers only: no atomics, every result is deterministic.
 
+#include "block_reduce.cuh"
+
 // One thread: column element idx = ((((n*C + c)*kh + i)*kw + j)*Ho + ho)*Wo + wo, i.e. the input
 // pixel under tap (i, j) of channel c for output pixel (ho, wo), or 0 on padding.
 // Bytes per output element: reads at most 1 real, writes 1.
@@ -143,13 +145,8 @@ extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
       if (h >= 0 && h < H && w >= 0 && w < W)
         s += gyc[n * Cm * HoWo + p] * xc[n * CHW + h * W + w];
     }
-    partial[threadIdx.x] = s;
-    __syncthreads();
-    for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
-      if (threadIdx.x < k) partial[threadIdx.x] += partial[threadIdx.x + k];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) gw[b] = partial[0];
+    s = block_tree_sum(partial, s);
+    if (threadIdx.x == 0) gw[b] = s;
     __syncthreads();  // partial is rewritten by the next pair
   }
 }

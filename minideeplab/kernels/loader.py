@@ -33,6 +33,9 @@ Kernel = namedtuple("Kernel", "name params syncs")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?'
                      r'void\s+(\w+)\s*\(([^)]*)\)\s*\{')
 _PARAM = re.compile(r"^(const\s+)?([a-z ]+?)\s*(\*?)\s*(?:const\s+)?(\w+)$")
+_HELPER = re.compile(r"__device__\s[^;{}()]*?(\w+)\s*\([^)]*\)\s*\{")  # a __device__ function
+_CALL = re.compile(r"\b(\w+)\s*\(")
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
 
 def real_name(dtype):
@@ -50,38 +53,83 @@ def source_path(family):
     return path.resolve()
 
 
-def defines(real):
-    """The macros every compile path (NVRTC, ``compile_check``, the emulator's g++) gives a file."""
-    return [f"-Dreal={real}", f"-DBLOCK={BLOCK}"]
+def include_dirs(path):
+    """Where ``#include "name"`` in ``path`` looks after the including file's own directory:
+    ``path``'s directory, then ``kernels/`` (the shared headers, such as ``block_reduce.cuh``)."""
+    return list(dict.fromkeys([path.parent, KERNEL_DIR]))
+
+
+def options(path, real):
+    """The flags every compile path (NVRTC, ``compile_check``, the emulator's g++) gives ``path``:
+    ``real`` and ``BLOCK`` as macros, the include directories, C++17."""
+    return ["-std=c++17", f"-Dreal={real}", f"-DBLOCK={BLOCK}",
+            *(f"-I{d}" for d in include_dirs(path))]
+
+
+def read_headers(path, text):
+    """The files that ``text`` (of ``path``) includes with ``#include "name"``, recursively, each
+    once: resolved path -> text. A name is looked up as the compilers do, next to the including
+    file, then in ``include_dirs(path)``; one found nowhere is left to the compiler to report."""
+    found = {}
+
+    def visit(file, text):
+        for name in _INCLUDE.findall(strip_comments(text)):
+            header = next((d / name for d in (file.parent, *include_dirs(path))
+                           if (d / name).is_file()), None)
+            if header is not None and header.resolve() not in found:
+                found[header.resolve()] = header.read_text()
+                visit(header.resolve(), found[header.resolve()])
+
+    visit(path, text)
+    return found
 
 
 def strip_comments(source):
     return re.sub(r"//[^\n]*|/\*.*?\*/", " ", source, flags=re.S)
 
 
-def parse(source, real, filename="<source>"):
-    """The ``extern "C" __global__`` kernels of ``source``: name -> Kernel, ``real`` bound."""
-    code = strip_comments(source)
-    kernels, bodies = {}, []
+def parse(source, real, filename="<source>", headers=()):
+    """The ``extern "C" __global__`` kernels of ``source`` and of the ``headers`` it includes (their
+    texts): name -> Kernel, ``real`` bound."""
+    code = strip_comments("\n".join([*headers, source]))
+    params, functions = {}, []  # functions: (name, body start, body end) of kernels and helpers
     for m in _KERNEL.finditer(code):
-        depth, end = 1, m.end()
-        while depth:
-            if end == len(code):
-                raise ValueError(f"{filename}: unbalanced braces in kernel {m[1]}")
-            depth += {"{": 1, "}": -1}.get(code[end], 0)
-            end += 1
-        bodies.append((m.end(), end))
-        params = [_param(filename, m[1], p, real) for p in m[2].split(",") if p.strip()]
-        kernels[m[1]] = Kernel(m[1], params, "__syncthreads" in code[m.end():end])
-    if len(kernels) != code.count("__global__"):
+        functions.append((m[1], m.end(), _body_end(code, m, filename)))
+        params[m[1]] = [_param(filename, m[1], p, real) for p in m[2].split(",") if p.strip()]
+    if len(params) != code.count("__global__"):
         raise ValueError(f"{filename}: every __global__ function must be written "
                          f'`extern "C" __global__ void name(type arg, ...)`')
-    # A barrier outside every kernel body is in a __device__ helper: any kernel may call it.
-    outside = "".join(code[a:b] for a, b in zip([0] + [e for _, e in bodies],
-                                                 [s for s, _ in bodies] + [len(code)]))
+    functions += [(m[1], m.end(), _body_end(code, m, filename)) for m in _HELPER.finditer(code)]
+    syncs = _syncing(code, functions)
+    return {name: Kernel(name, p, name in syncs) for name, p in params.items()}
+
+
+def _body_end(code, m, filename):
+    """The index past the brace that closes the body which the match ``m`` ends by opening."""
+    depth, end = 1, m.end()
+    while depth:
+        if end == len(code):
+            raise ValueError(f"{filename}: unbalanced braces in {m[1]}")
+        depth += {"{": 1, "}": -1}.get(code[end], 0)
+        end += 1
+    return end
+
+
+def _syncing(code, functions):
+    """The names of the ``functions`` that may reach ``__syncthreads``: in their own body, or in a
+    helper they call (in the file or a header it includes). A barrier outside every body (in a
+    macro, say) could be anywhere: then every function may."""
+    spans = sorted((a, b) for _, a, b in functions)
+    outside = "".join(code[a:b] for a, b in zip([0] + [b for _, b in spans],
+                                                 [a for a, _ in spans] + [len(code)]))
     if "__syncthreads" in outside:
-        kernels = {k: v._replace(syncs=True) for k, v in kernels.items()}
-    return kernels
+        return {name for name, _, _ in functions}
+    calls = [(name, set(_CALL.findall(code[a:b])), "__syncthreads" in code[a:b])
+             for name, a, b in functions]
+    syncs = {name for name, _, barrier in calls if barrier}
+    while more := {name for name, called, _ in calls if called & syncs} - syncs:
+        syncs |= more
+    return syncs
 
 
 def _param(filename, kernel, text, real):
@@ -190,8 +238,8 @@ def load_module(family, dtype):
     if key not in _modules:
         path, real = source_path(family), real_name(dtype)
         source = path.read_text()
-        kernels = parse(source, real, path.name)
-        raw = cupy.RawModule(code=source, options=(*defines(real), "--std=c++17"))
+        kernels = parse(source, real, path.name, read_headers(path, source).values())
+        raw = cupy.RawModule(code=source, options=tuple(options(path, real)))
         try:
             raw.compile()
         except cupy.cuda.compiler.CompileException as e:
@@ -210,7 +258,7 @@ def compile_check(family, real="float", arch="compute_90"):
     prog = nvrtc.createProgram(path.read_text(), path.name, [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [*defines(real), f"--gpu-architecture={arch}", "--std=c++17"])
+            nvrtc.compileProgram(prog, [*options(path, real), f"--gpu-architecture={arch}"])
         except nvrtc.NVRTCError:
             raise RuntimeError(f"{path.name} (real={real}, {arch}) does not compile:\n"
                                f"{nvrtc.getProgramLog(prog)}") from None

@@ -7,6 +7,8 @@
 // Indices are 32-bit int: every element's channel is a division by L, which in 64 bits a GPU
 // emulates in software, many times slower; the loader refuses arrays too large for int.
 
+#include "block_reduce.cuh"
+
 // One block per channel c: s1 = sum(w), s2 = sum(w * (x - m)) over the channel's N * L elements,
 // m = centre[c] / count, w = g - m (centre_g != 0) or g. Statistics: centre = the channel sums,
 // count = M, g = x, centre_g = 1 -> m = the first-pass mean, s1 = the sum of the deviations, s2
@@ -29,19 +31,11 @@ extern "C" __global__ void bn_moments(const real* x, const real* centre, real co
     s1 += w;
     s2 += w * (x[i] - m);
   }
-  p1[threadIdx.x] = s1;
-  p2[threadIdx.x] = s2;
-  __syncthreads();
-  for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
-    if (threadIdx.x < k) {
-      p1[threadIdx.x] += p1[threadIdx.x + k];
-      p2[threadIdx.x] += p2[threadIdx.x + k];
-    }
-    __syncthreads();
-  }
+  s1 = block_tree_sum(p1, s1);
+  s2 = block_tree_sum(p2, s2);
   if (threadIdx.x == 0) {
-    out[c] = p1[0];
-    out[C + c] = p2[0];
+    out[c] = s1;
+    out[C + c] = s2;
   }
 }
 

@@ -9,6 +9,8 @@
 // Launch: grid C, block BLOCK.
 // Bytes per output element: reads N*H*W reals, writes 1 real.
 
+#include "block_reduce.cuh"
+
 extern "C" __global__ void channel_sum(const real* __restrict__ x, real* __restrict__ out, int N,
                                        int C, int HW) {
   __shared__ real partial[BLOCK];
@@ -19,11 +21,6 @@ extern "C" __global__ void channel_sum(const real* __restrict__ x, real* __restr
     const int n = j / HW;
     s += xc[n * CHW + (j - n * HW)];
   }
-  partial[threadIdx.x] = s;
-  __syncthreads();
-  for (unsigned k = blockDim.x / 2; k > 0; k >>= 1) {
-    if (threadIdx.x < k) partial[threadIdx.x] += partial[threadIdx.x + k];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) out[c] = partial[0];
+  s = block_tree_sum(partial, s);
+  if (threadIdx.x == 0) out[c] = s;
 }
