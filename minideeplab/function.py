@@ -1,16 +1,50 @@
-"""Function: one differentiable op, DeZero-style (ARCHITECTURE.md section 4).
+"""The op protocol (ARCHITECTURE.md s. 3) and Function, one differentiable op, DeZero-style (s. 4).
 
-Subclasses implement ``forward(*arrays) -> array or tuple`` and ``backward(*grads) -> grads``
-(one per input, ``None`` where an input takes no gradient). ``self.dev`` is the device the inputs
-live on, so the op picks its NumPy or kernel path; ``self.needs_grad[i]`` tells backward which
-input gradients are wanted.
+An op with a NumPy path and a kernel path, in the spirit of Chainer's ``forward_cpu`` /
+``forward_gpu``, implements ``check(*xs)``, ``forward_cpu`` / ``forward_kernel`` and, when it is a
+Function, ``backward_cpu`` / ``backward_kernel``. The base class runs ``check`` (the validation
+both paths share: shapes, dtypes, and what both paths then read, such as a geometry), then the
+path of the device: ``_kernel`` on ``cuda`` and ``emu`` (which run the same ``.cu`` kernels),
+``_cpu`` on ``cpu``. An op with one implementation for every device (through ``self.dev.xp``)
+overrides ``forward`` and ``backward`` instead and checks its inputs there.
+
+``forward(*arrays) -> array or tuple``; ``backward(*grads) -> grads`` (one per input, ``None``
+where an input takes no gradient). ``self.dev`` is the device the inputs live on;
+``self.needs_grad[i]`` tells backward which input gradients are wanted.
 """
 import weakref
 
 from . import config
 
 
-class Function:
+class Op:
+    """An operation on the arrays of one device: ``check``, then ``forward_cpu`` or
+    ``forward_kernel``. Without autograd (the SGD update, ``channel_sum``) it runs via ``run``."""
+
+    def run(self, dev, *xs):
+        """``forward(*xs)`` on arrays of device ``dev``, outside the autograd graph."""
+        self.dev = dev
+        return self.forward(*xs)
+
+    def forward(self, *xs):
+        self.check(*xs)
+        return self.forward_kernel(*xs) if self.dev.uses_kernels else self.forward_cpu(*xs)
+
+    def check(self, *xs):
+        """Raise ValueError on inputs that neither path accepts (and keep what both paths read);
+        nothing by default."""
+
+    def forward_cpu(self, *xs):
+        raise _missing(self, "forward_cpu")
+
+    def forward_kernel(self, *xs):
+        raise _missing(self, "forward_kernel")
+
+
+class Function(Op):
+    """One differentiable op: ``op(*tensors)`` runs ``forward`` on their arrays and, when a
+    gradient is wanted, records itself as the outputs' creator for ``backward``."""
+
     def __call__(self, *inputs):
         from .tensor import Tensor, as_tensor
         tensors = [x for x in inputs if isinstance(x, Tensor)]
@@ -36,8 +70,17 @@ class Function:
             self.outputs = [weakref.ref(out) for out in outputs]
         return outputs[0] if single else tuple(outputs)
 
-    def forward(self, *xs):
-        raise NotImplementedError(f"{type(self).__name__}.forward is abstract")
-
     def backward(self, *gys):
-        raise NotImplementedError(f"{type(self).__name__}.backward is abstract")
+        return self.backward_kernel(*gys) if self.dev.uses_kernels else self.backward_cpu(*gys)
+
+    def backward_cpu(self, *gys):
+        raise _missing(self, "backward_cpu")
+
+    def backward_kernel(self, *gys):
+        raise _missing(self, "backward_kernel")
+
+
+def _missing(op, path):
+    """The error of an op that implements neither ``forward`` (``backward``) nor ``path``."""
+    return NotImplementedError(f"{type(op).__name__} implements neither {path.split('_')[0]} "
+                               f"nor {path}")
