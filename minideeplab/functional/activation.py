@@ -1,28 +1,24 @@
 """ReLU (kernels/activation.cu on cuda and emu)."""
 from ..function import Function
-from ..kernels import grid_1d
+from ..kernels import launch
 
 
 class ReLU(Function):
-    def forward(self, x):
-        xp = self.dev.xp
-        if not self.dev.uses_kernels:
-            self.y = xp.maximum(x, 0)
-            return self.y
-        x = xp.ascontiguousarray(x)
-        self.y = xp.empty_like(x)
-        mod = self.dev.module("activation", x.dtype)
-        self.dev.launch(mod, "relu_forward", grid_1d(x.size), 256, (x, self.y, x.size))
+    def forward_cpu(self, x):
+        self.y = self.dev.xp.maximum(x, 0)
         return self.y
 
-    def backward(self, gy):
-        xp = self.dev.xp
-        if not self.dev.uses_kernels:
-            return gy * (self.y > 0)
-        gy = xp.ascontiguousarray(gy)
-        gx = xp.empty_like(gy)
-        mod = self.dev.module("activation", gy.dtype)
-        self.dev.launch(mod, "relu_backward", grid_1d(gy.size), 256, (self.y, gy, gx, gy.size))
+    def forward_kernel(self, x):
+        self.y = self.dev.xp.empty(x.shape, x.dtype)
+        launch(self.dev, "activation", "relu_forward", (x, self.y, x.size), n=x.size)
+        return self.y
+
+    def backward_cpu(self, gy):
+        return gy * (self.y > 0)
+
+    def backward_kernel(self, gy):
+        gx = self.dev.xp.empty(gy.shape, gy.dtype)
+        launch(self.dev, "activation", "relu_backward", (self.y, gy, gx, gy.size), n=gy.size)
         return gx
 
 

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 
 from ..function import Function
-from ..kernels import grid_1d
+from ..kernels import launch
 from .reduce import channel_sum
 
 
@@ -70,34 +70,38 @@ class ResizeBilinear(Function):
     def __init__(self, size, align_corners):
         self.size, self.align_corners = tuple(int(s) for s in size), bool(align_corners)
 
-    def forward(self, x):
+    def check(self, x):
         if x.ndim != 4 or len(self.size) != 2 or min(self.size) < 1 or 0 in x.shape[2:]:
             raise ValueError(f"resize_bilinear: x must be (N, C, H, W) and size (H_out, W_out) "
                              f"positive, got {x.shape} and {self.size}")
-        xp, self.in_shape = self.dev.xp, x.shape
+        self.in_shape = x.shape
+
+    def forward_cpu(self, x):
         (H, W), (Ho, Wo), ac = x.shape[2:], self.size, self.align_corners
-        if not self.dev.uses_kernels:
-            return _apply(xp, x, _matrix(H, Ho, ac), _matrix(W, Wo, ac))
-        x = xp.ascontiguousarray(x)
-        y = xp.empty(x.shape[:2] + self.size, dtype=x.dtype)
-        tables = (_on_device(self.dev, x.dtype, _axis, H, Ho, ac) +
-                  _on_device(self.dev, x.dtype, _axis, W, Wo, ac))
-        self.dev.launch(self.dev.module("resize", x.dtype), "resize_bilinear_forward",
-                        grid_1d(y.size), 256, (x, *tables, y, H, W, Ho, Wo, y.size))
+        return _apply(self.dev.xp, x, _matrix(H, Ho, ac), _matrix(W, Wo, ac))
+
+    def forward_kernel(self, x):
+        y = self.dev.xp.empty(x.shape[:2] + self.size, dtype=x.dtype)
+        self._launch("resize_bilinear_forward", _axis, x, y)
         return y
 
-    def backward(self, gy):
-        xp = self.dev.xp
+    def backward_cpu(self, gy):
         (H, W), (Ho, Wo), ac = self.in_shape[2:], self.size, self.align_corners
-        if not self.dev.uses_kernels:
-            return _apply(xp, gy, _matrix(H, Ho, ac).T, _matrix(W, Wo, ac).T)
-        gy = xp.ascontiguousarray(gy)
-        gx = xp.empty(self.in_shape, dtype=gy.dtype)
-        tables = (_on_device(self.dev, gy.dtype, _by_input, H, Ho, ac) +
-                  _on_device(self.dev, gy.dtype, _by_input, W, Wo, ac))
-        self.dev.launch(self.dev.module("resize", gy.dtype), "resize_bilinear_backward",
-                        grid_1d(gx.size), 256, (gy, *tables, gx, H, W, Ho, Wo, gx.size))
+        return _apply(self.dev.xp, gy, _matrix(H, Ho, ac).T, _matrix(W, Wo, ac).T)
+
+    def backward_kernel(self, gy):
+        gx = self.dev.xp.empty(self.in_shape, dtype=gy.dtype)
+        self._launch("resize_bilinear_backward", _by_input, gy, gx)
         return gx
+
+    def _launch(self, kernel, tables, src, dst):
+        """``kernel`` from ``src`` into ``dst`` (one thread per element of ``dst``) with the
+        ``tables`` of both axes on the device."""
+        (H, W), (Ho, Wo), ac = self.in_shape[2:], self.size, self.align_corners
+        tables = (_on_device(self.dev, src.dtype, tables, H, Ho, ac) +
+                  _on_device(self.dev, src.dtype, tables, W, Wo, ac))
+        launch(self.dev, "resize", kernel, (src, *tables, dst, H, W, Ho, Wo, dst.size),
+               n=dst.size)
 
 
 class GlobalAvgPool(Function):
