@@ -11,9 +11,9 @@ bn_backward_dx: the per-channel arithmetic runs in one launch, not as a dozen ar
 that each cost a launch.
 """
 from ..function import Function
-from ..kernels import grid_1d
+from ..kernels import launch
 from ..tensor import Tensor
-from .reduce import CHANNEL_SUM_BLOCK, channel_sum
+from .reduce import channel_sum
 
 
 def _rowdot(xp, a, b):
@@ -26,7 +26,7 @@ class BatchNorm(Function):
         self.running = [r.data if isinstance(r, Tensor) else r for r in (running_mean, running_var)]
         self.training, self.momentum, self.eps = bool(training), momentum, eps
 
-    def forward(self, x, gamma, beta):
+    def check(self, x, gamma, beta):
         xp = self.dev.xp
         if x.ndim != 4 or any(a.shape != (x.shape[1],) for a in [gamma, beta] + self.running):
             raise ValueError(f"batch_norm: x must be (N, C, H, W) and gamma, beta, running_mean, "
@@ -35,20 +35,19 @@ class BatchNorm(Function):
         if not all(isinstance(r, xp.ndarray) for r in self.running):
             raise ValueError(f"batch_norm: running statistics must be {xp.__name__} arrays on "
                              f"{self.dev} (they are updated in place)")
-        if self.dev.uses_kernels and any(a.dtype != x.dtype for a in [gamma, beta] + self.running):
-            raise ValueError(f"batch_norm on {self.dev}: gamma, beta, running_mean and running_var "
-                             f"must have x's dtype {x.dtype} (the kernels take one real type); "
-                             f"got {gamma.dtype}, {beta.dtype}, {self.running[0].dtype}, "
-                             f"{self.running[1].dtype}")
-        N, C = x.shape[:2]
-        self.x3 = x3 = xp.ascontiguousarray(x).reshape(N, C, -1)
-        self.M = M = N * x3.shape[2]
-        if self.training and M < 2:
+        self.x3 = self._rows(x)
+        self.M = self.x3.shape[0] * self.x3.shape[2]
+        if self.training and self.M < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, "
                              f"got x of shape {x.shape}")
         self.gamma = gamma
-        if self.dev.uses_kernels:
-            return self._forward_kernels(x3, gamma, beta).reshape(x.shape)
+
+    def _rows(self, a):
+        """NCHW ``a`` as C-contiguous (N, C, H * W): both paths index and sum it row by row."""
+        return self.dev.xp.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
+
+    def forward_cpu(self, x, gamma, beta):
+        xp, x3, M = self.dev.xp, self.x3, self.M
         if not self.training:
             mean, var = (r.astype(x.dtype) for r in self.running)
         else:
@@ -68,10 +67,14 @@ class BatchNorm(Function):
         y += beta[:, None]
         return y.reshape(x.shape)
 
-    def _forward_kernels(self, x3, gamma, beta):
-        """Kernel path of ``forward`` -> y (N, C, L); keeps mean and invstd for the backward."""
-        dev, (C, L) = self.dev, x3.shape[1:]
-        mod = dev.module("norm", x3.dtype)
+    def forward_kernel(self, x, gamma, beta):
+        """channel_sum, bn_moments, bn_statistics, bn_forward (eval: the last two)."""
+        if any(a.dtype != x.dtype for a in [gamma, beta] + self.running):
+            raise ValueError(f"batch_norm on {self.dev}: gamma, beta, running_mean and running_var "
+                             f"must have x's dtype {x.dtype} (the kernels take one real type); "
+                             f"got {gamma.dtype}, {beta.dtype}, {self.running[0].dtype}, "
+                             f"{self.running[1].dtype}")
+        dev, x3, (C, L) = self.dev, self.x3, self.x3.shape[1:]
         stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
         sums = moments = gamma  # eval: bn_statistics reads neither
         if self.training:
@@ -79,30 +82,25 @@ class BatchNorm(Function):
             # about the first-pass mean removes the rounding error left in that mean.
             sums = channel_sum(x3[..., None], dev)
             moments = self._moments(x3, sums, self.M, x3, True)
-        dev.launch(mod, "bn_statistics", grid_1d(C), 256,
-                   (sums, moments, gamma, *self.running, stats, C, self.M, self.momentum,
-                    self.eps, int(self.training)))
+        launch(dev, "norm", "bn_statistics", (sums, moments, gamma, *self.running, stats, C,
+                                              self.M, self.momentum, self.eps, int(self.training)),
+               n=C)
         self.mean, self.invstd, scale = stats
         y = dev.xp.empty_like(x3)
-        dev.launch(mod, "bn_forward", grid_1d(y.size), 256,
-                   (x3, self.mean, scale, beta, y, C, L, y.size))
-        return y
+        launch(dev, "norm", "bn_forward", (x3, self.mean, scale, beta, y, C, L, y.size), n=y.size)
+        return y.reshape(x.shape)
 
     def _moments(self, x3, centre, count, g3, centre_g):
         """Kernel path: (2, C) array of s1 = sum(w) and s2 = sum(w * (x - m)) per channel,
         m = centre / count, w = g - m (``centre_g``) or g (kernels/norm.cu, bn_moments)."""
         N, C, L = x3.shape
         out = self.dev.xp.empty((2, C), dtype=x3.dtype)
-        self.dev.launch(self.dev.module("norm", x3.dtype), "bn_moments", C, CHANNEL_SUM_BLOCK,
-                        (x3, centre, count, g3, int(centre_g), out, N, C, L))
+        launch(self.dev, "norm", "bn_moments", (x3, centre, count, g3, int(centre_g), out, N, C, L),
+               grid=C)
         return out
 
-    def backward(self, gy):
-        xp, M, invstd = self.dev.xp, self.M, self.invstd
-        gy3 = xp.ascontiguousarray(gy).reshape(self.x3.shape)
-        if self.dev.uses_kernels:
-            dx, dgamma, dbeta = self._backward_kernels(gy3)
-            return dx.reshape(gy.shape), dgamma, dbeta
+    def backward_cpu(self, gy):
+        xp, M, invstd, gy3 = self.dev.xp, self.M, self.invstd, self._rows(gy)
         d = self.x3 - self.mean[:, None]
         dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, d)
         dgamma, a = dgd * invstd, self.gamma * invstd  # dgd = sum(gy * (x - mean))
@@ -119,19 +117,19 @@ class BatchNorm(Function):
             dx = gy3 * a[:, None]
         return dx.reshape(gy.shape), dgamma, dbeta
 
-    def _backward_kernels(self, gy3):
-        """-> dx, dgamma, dbeta (views of the moments and coefficient arrays: no copies)."""
-        dev, (C, L) = self.dev, gy3.shape[1:]
+    def backward_kernel(self, gy):
+        """bn_moments, bn_backward_coefficients, bn_backward_dx; dgamma and dbeta are views of
+        the coefficient and moment arrays (no copies)."""
+        dev, gy3, (C, L) = self.dev, self._rows(gy), self.x3.shape[1:]
         moments = self._moments(self.x3, self.mean, 1, gy3, False)  # dbeta, sum(gy * (x - mean))
         coef = dev.xp.empty((4, C), dtype=gy3.dtype)  # dgamma, a, k1, k2
-        mod = dev.module("norm", gy3.dtype)
-        dev.launch(mod, "bn_backward_coefficients", grid_1d(C), 256,
-                   (moments, self.gamma, self.invstd, coef, C, self.M, int(self.training)))
+        launch(dev, "norm", "bn_backward_coefficients",
+               (moments, self.gamma, self.invstd, coef, C, self.M, int(self.training)), n=C)
         dgamma, a, k1, k2 = coef
         dx = dev.xp.empty_like(gy3)
-        dev.launch(mod, "bn_backward_dx", grid_1d(dx.size), 256,
-                   (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size))
-        return dx, dgamma, moments[0]
+        launch(dev, "norm", "bn_backward_dx",
+               (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size), n=dx.size)
+        return dx.reshape(gy.shape), dgamma, moments[0]
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
