@@ -1,7 +1,8 @@
 """Convolutions: dense, strided, atrous (dilated), grouped, depthwise and pointwise (paper Sec. 3.1).
 
-One op, ``Conv2d``, covers them all; the named wrappers below are what the models read. Two paths
-(ARCHITECTURE.md s. 2):
+Two ops: ``DepthwiseConv2d`` for depthwise convs and ``Conv2d`` for all others; ``conv2d`` picks
+one from the geometry, and the named wrappers below are what the models read. Each has two paths
+(ARCHITECTURE.md s. 2 and 3):
 - NumPy (``cpu``): im2col + one batched GEMM for dense/grouped convs, a plain GEMM without im2col
   for 1x1 stride-1 convs, and a loop over the kh*kw taps for depthwise convs. Each tap is clipped
   to the output rows/columns whose input lies inside the image, so nothing is ever padded, and a
@@ -17,7 +18,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..function import Function
-from ..kernels import grid_1d, MAX_GRID
+from ..kernels import MAX_GRID, launch
 
 Geometry = namedtuple("Geometry", "N C H W Cout kh kw sh sw ph pw dh dw Ho Wo groups")
 
@@ -90,94 +91,76 @@ def _is_pointwise(g):
     return g.kh == g.kw == g.sh == g.sw == 1 and g.ph == g.pw == 0
 
 
-def _launch(dev, dtype, kernel, n_threads, args):
-    dev.launch(dev.module("conv", dtype), kernel, grid_1d(n_threads), 256, args)
+def _is_depthwise(g):
+    """One input channel per group (Cout = C * multiplier), and not a 1x1 conv (a GEMM)."""
+    return g.groups == g.C and not _is_pointwise(g)
 
 
 def _geom_args(g):
     return (g.N, g.C, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.Ho, g.Wo)
 
 
-def _live_taps(dev, g):
-    """The taps the GEMM runs over, as ``_taps`` lists them: on the NumPy path those that see the
-    image (a tap that sees only padding would multiply zeros); None, meaning all kh*kw, on the
-    kernel path (the im2col kernel writes every tap) and for 1x1 convs."""
-    return None if dev.uses_kernels or _is_pointwise(g) else _taps(g)
-
-
 def _n_taps(g, live):
     return g.kh * g.kw if live is None else len(live)
 
 
-def _im2col(dev, x, g, live):
-    """Columns (N, groups, C/groups*taps, Ho*Wo): row (c, t) holds the input under tap t (of
-    ``live``, or of all kh*kw) of channel c at every output pixel, zero where it falls on padding."""
-    shape = (g.N, g.groups, g.C // g.groups * _n_taps(g, live), g.Ho * g.Wo)
-    if _is_pointwise(g):
-        return x.reshape(shape)  # a 1x1 stride-1 conv is a plain GEMM on x itself
-    xp = dev.xp
-    if dev.uses_kernels:
-        cols = xp.empty(shape, x.dtype)
-        _launch(dev, x.dtype, "im2col", cols.size, (xp.ascontiguousarray(x), cols) + _geom_args(g))
-        return cols
-    cols = np.zeros(shape, x.dtype)  # padding stays zero
-    view = cols.reshape(g.N, g.C, len(live), g.Ho, g.Wo)
-    for k, (_, out, inp) in enumerate(live):
-        view[:, :, k][(..., *out)] = x[(..., *inp)]
-    return cols
+class _Conv(Function):
+    """What both convolutions share: the geometry (checked by ``conv2d``, which picks the class
+    from it), the dtype check, and the bias, added to the output of either path."""
 
+    def __init__(self, geometry):
+        self.g = geometry
 
-def _col2im(dev, cols, g, live):
-    """The adjoint of _im2col: add every column entry back onto the input pixel it came from."""
-    if _is_pointwise(g):
-        return cols.reshape(g.N, g.C, g.H, g.W)
-    xp = dev.xp
-    if dev.uses_kernels:  # the kernel writes every pixel
-        gx = xp.empty((g.N, g.C, g.H, g.W), cols.dtype)
-        _launch(dev, cols.dtype, "col2im", gx.size, (xp.ascontiguousarray(cols), gx) + _geom_args(g))
-        return gx
-    gx = np.zeros((g.N, g.C, g.H, g.W), cols.dtype)
-    view = cols.reshape(g.N, g.C, len(live), g.Ho, g.Wo)
-    for k, (_, out, inp) in enumerate(live):
-        gx[(..., *inp)] += view[:, :, k][(..., *out)]
-    return gx
-
-
-class Conv2d(Function):
-    """y = conv(x, w) + b in NCHW; see the module docstring for the two implementations."""
-
-    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
-        self.params = stride, padding, dilation, groups
-
-    def forward(self, x, w, b=None):
-        g = self.g = _geometry(x.shape, w.shape, None if b is None else b.shape, *self.params)
+    def check(self, x, w, b=None):
         if any(a.dtype != x.dtype for a in (w, x if b is None else b)):
             raise ValueError(f"conv2d: dtypes differ: x {x.dtype}, w {w.dtype}"
                              + ("" if b is None else f", b {b.dtype}"))
-        # Depthwise: one input channel per group (Cout = C * multiplier).
-        self.depthwise = g.groups == g.C and not _is_pointwise(g)
-        if self.depthwise:
-            y = (_dw_kernel_forward if self.dev.uses_kernels else _dw_numpy_forward)(self, x, w)
-        else:
-            self.live = _live_taps(self.dev, g)
-            self.cols, self.w = _im2col(self.dev, x, g, self.live), self._gemm_weight(w)
-            y = self.dev.xp.matmul(self.w, self.cols)
-            y = y.reshape(g.N, g.Cout, g.Ho, g.Wo)
+
+    def _add_bias(self, y, b):
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         return y
 
-    def backward(self, gy):
+    def _bias_grad(self, gy):
+        return gy.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
+
+
+class Conv2d(_Conv):
+    """Dense, strided, atrous, grouped and 1x1 convs: columns (im2col), then one batched GEMM over
+    the groups through ``xp.matmul``; a 1x1 stride-1 conv is that GEMM on x itself."""
+
+    def forward_cpu(self, x, w, b=None):
+        # Only the taps that see the image: a tap that sees only padding would multiply zeros.
+        self.live = None if _is_pointwise(self.g) else _taps(self.g)
+        return self._forward(self._im2col_cpu, x, w, b)
+
+    def forward_kernel(self, x, w, b=None):
+        self.live = None  # all kh*kw taps: the im2col kernel writes every one
+        return self._forward(self._im2col_kernel, x, w, b)
+
+    def backward_cpu(self, gy):
+        return self._backward(self._col2im_cpu, gy)
+
+    def backward_kernel(self, gy):
+        return self._backward(self._col2im_kernel, gy)
+
+    def _forward(self, im2col, x, w, b):
+        g = self.g
+        shape = (g.N, g.groups, g.C // g.groups * _n_taps(g, self.live), g.Ho * g.Wo)
+        self.cols = x.reshape(shape) if _is_pointwise(g) else im2col(x, shape)
+        self.w = self._gemm_weight(w)
+        y = self.dev.xp.matmul(self.w, self.cols)
+        return self._add_bias(y.reshape(g.N, g.Cout, g.Ho, g.Wo), b)
+
+    def _backward(self, col2im, gy):
         g, xp = self.g, self.dev.xp
-        gb = gy.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
-        if self.depthwise:
-            gx, gw = (_dw_kernel_backward if self.dev.uses_kernels else _dw_numpy_backward)(self, gy)
-            return gx, gw, gb
+        gb = self._bias_grad(gy)
         G = g.groups
         gy = xp.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
         gx = gw = None
         if self.needs_grad[0]:
-            gx = _col2im(self.dev, xp.matmul(self.w.transpose(0, 2, 1), gy), g, self.live)
+            gcols = xp.matmul(self.w.transpose(0, 2, 1), gy)
+            gx = gcols.reshape(g.N, g.C, g.H, g.W) if _is_pointwise(g) else col2im(gcols)
         if self.needs_grad[1]:
             # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
             gw_taps = xp.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
@@ -201,12 +184,42 @@ class Conv2d(Function):
             w = w[:, :, [t for t, _, _ in self.live]]
         return w.reshape(g.groups, g.Cout // g.groups, -1)
 
+    def _im2col_cpu(self, x, shape):
+        """Columns ``shape`` = (N, groups, C/groups*taps, Ho*Wo): row (c, t) holds the input under
+        live tap t of channel c at every output pixel, zero where it falls on padding."""
+        g = self.g
+        cols = np.zeros(shape, x.dtype)  # padding stays zero
+        view = cols.reshape(g.N, g.C, len(self.live), g.Ho, g.Wo)
+        for k, (_, out, inp) in enumerate(self.live):
+            view[:, :, k][(..., *out)] = x[(..., *inp)]
+        return cols
 
-# -- depthwise, NumPy path -------------------------------------------------------------------
-# Channels-last inside: every tap is then a multiply-add whose innermost loop runs over channels
-# (and whole rows), not over a handful of output columns, which is ~1.5-2x faster in NumPy on
-# DeepLab's small feature maps; the transposes cost less than that. A few images at a time keep
-# the working set in cache (one image at the paper's sizes); on small maps, several images per
+    def _im2col_kernel(self, x, shape):
+        cols = self.dev.xp.empty(shape, x.dtype)
+        launch(self.dev, "conv", "im2col", (x, cols) + _geom_args(self.g), n=cols.size)
+        return cols
+
+    def _col2im_cpu(self, cols):
+        """The adjoint of im2col: add every column entry back onto the input pixel it came from."""
+        g = self.g
+        gx = np.zeros((g.N, g.C, g.H, g.W), cols.dtype)
+        view = cols.reshape(g.N, g.C, len(self.live), g.Ho, g.Wo)
+        for k, (_, out, inp) in enumerate(self.live):
+            gx[(..., *inp)] += view[:, :, k][(..., *out)]
+        return gx
+
+    def _col2im_kernel(self, cols):
+        g = self.g
+        gx = self.dev.xp.empty((g.N, g.C, g.H, g.W), cols.dtype)  # the kernel writes every pixel
+        launch(self.dev, "conv", "col2im", (cols, gx) + _geom_args(g), n=gx.size)
+        return gx
+
+
+# -- depthwise -------------------------------------------------------------------------------
+# The NumPy path works channels-last: every tap is then a multiply-add whose innermost loop runs
+# over channels (and whole rows), not over a handful of output columns, which is ~1.5-2x faster in
+# NumPy on DeepLab's small feature maps; the transposes cost less than that. A few images at a time
+# keep the working set in cache (one image at the paper's sizes); on small maps, several images per
 # NumPy call save the per-call overhead that dominates there: the default preset's depthwise
 # convs, forward + backward, 55 -> 38 ms a step (1 MiB = one core's L2 on the machine measured).
 CHUNK_BYTES = 1 << 20
@@ -228,70 +241,73 @@ def _channels_last(a):
     return out
 
 
-def _dw_numpy_forward(op, x, w):
-    g = op.g
-    m = g.Cout // g.C  # channel multiplier: output c*m + k reads input channel c
-    op.xh = _channels_last(x)  # (N, H, W, C)
-    op.wt = w.reshape(g.C, m, g.kh * g.kw).transpose(2, 0, 1).copy()  # (taps, C, m)
-    yh = np.zeros((g.N, g.Ho, g.Wo, g.C, m), x.dtype)
-    chunks = _image_chunks(g, x.itemsize)
-    buf = np.empty((chunks[0].stop, g.Ho, g.Wo, g.C, m), x.dtype)
-    for n in chunks:
-        for t, out, inp in _taps(g):
-            part = buf[: n.stop - n.start, : out[0].stop - out[0].start,
-                       : out[1].stop - out[1].start]
-            np.multiply(op.xh[(n, *inp)][..., None], op.wt[t], out=part)
-            yh[(n, *out)] += part
-    return yh.reshape(g.N, g.Ho, g.Wo, g.Cout).transpose(0, 3, 1, 2).copy()
+class DepthwiseConv2d(_Conv):
+    """One input channel per group (Cout = C * multiplier): a multiply-add per tap, no GEMM."""
 
+    def forward_cpu(self, x, w, b=None):
+        g = self.g
+        m = g.Cout // g.C  # channel multiplier: output c*m + k reads input channel c
+        self.xh = _channels_last(x)  # (N, H, W, C)
+        self.wt = w.reshape(g.C, m, g.kh * g.kw).transpose(2, 0, 1).copy()  # (taps, C, m)
+        yh = np.zeros((g.N, g.Ho, g.Wo, g.C, m), x.dtype)
+        chunks = _image_chunks(g, x.itemsize)
+        buf = np.empty((chunks[0].stop, g.Ho, g.Wo, g.C, m), x.dtype)
+        for n in chunks:
+            for t, out, inp in _taps(g):
+                part = buf[: n.stop - n.start, : out[0].stop - out[0].start,
+                           : out[1].stop - out[1].start]
+                np.multiply(self.xh[(n, *inp)][..., None], self.wt[t], out=part)
+                yh[(n, *out)] += part
+        y = yh.reshape(g.N, g.Ho, g.Wo, g.Cout).transpose(0, 3, 1, 2).copy()
+        return self._add_bias(y, b)
 
-def _dw_numpy_backward(op, gy):
-    g = op.g
-    gyh = _channels_last(gy).reshape(g.N, g.Ho, g.Wo, g.C, g.Cout // g.C)
-    gxh = np.zeros_like(op.xh) if op.needs_grad[0] else None
-    gwt = np.zeros_like(op.wt) if op.needs_grad[1] else None  # (taps, C, m)
-    for n in _image_chunks(g, gy.itemsize):
-        for t, out, inp in _taps(g):
-            if gxh is not None:
-                gxh[(n, *inp)] += np.einsum("nhwcm,cm->nhwc", gyh[(n, *out)], op.wt[t])
-            if gwt is not None:
-                gwt[t] += np.einsum("nhwcm,nhwc->cm", gyh[(n, *out)], op.xh[(n, *inp)])
-    return (None if gxh is None else gxh.transpose(0, 3, 1, 2).copy(),
-            None if gwt is None else gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw))
+    def backward_cpu(self, gy):
+        g = self.g
+        gyh = _channels_last(gy).reshape(g.N, g.Ho, g.Wo, g.C, g.Cout // g.C)
+        gxh = np.zeros_like(self.xh) if self.needs_grad[0] else None
+        gwt = np.zeros_like(self.wt) if self.needs_grad[1] else None  # (taps, C, m)
+        for n in _image_chunks(g, gy.itemsize):
+            for t, out, inp in _taps(g):
+                if gxh is not None:
+                    gxh[(n, *inp)] += np.einsum("nhwcm,cm->nhwc", gyh[(n, *out)], self.wt[t])
+                if gwt is not None:
+                    gwt[t] += np.einsum("nhwcm,nhwc->cm", gyh[(n, *out)], self.xh[(n, *inp)])
+        return (None if gxh is None else gxh.transpose(0, 3, 1, 2).copy(),
+                None if gwt is None else gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw),
+                self._bias_grad(gy))
 
+    def forward_kernel(self, x, w, b=None):
+        g = self.g
+        self.x, self.w = x, w
+        y = self.dev.xp.empty((g.N, g.Cout, g.Ho, g.Wo), x.dtype)
+        launch(self.dev, "conv", "depthwise_forward", (x, w, y, g.Cout // g.C) + _geom_args(g),
+               n=y.size)
+        return self._add_bias(y, b)
 
-# -- depthwise, kernel path ------------------------------------------------------------------
-
-def _dw_kernel_forward(op, x, w):
-    g, xp = op.g, op.dev.xp
-    op.x, op.w = xp.ascontiguousarray(x), xp.ascontiguousarray(w)
-    y = xp.empty((g.N, g.Cout, g.Ho, g.Wo), x.dtype)
-    _launch(op.dev, x.dtype, "depthwise_forward", y.size,
-            (op.x, op.w, y, g.Cout // g.C) + _geom_args(g))
-    return y
-
-
-def _dw_kernel_backward(op, gy):
-    g, xp, dev = op.g, op.dev.xp, op.dev
-    gy = xp.ascontiguousarray(gy)
-    args = (g.Cout // g.C,) + _geom_args(g)
-    gx = gw = None
-    if op.needs_grad[0]:
-        gx = xp.empty(op.x.shape, gy.dtype)
-        _launch(dev, gy.dtype, "depthwise_backward_input", gx.size, (gy, op.w, gx) + args)
-    if op.needs_grad[1]:
-        gw = xp.empty(op.w.shape, gy.dtype)
-        # One block per (output channel, tap): a deterministic tree reduction, no atomics.
-        dev.launch(dev.module("conv", gy.dtype), "depthwise_backward_weight",
-                   (min(gw.size, MAX_GRID),), 256, (op.x, gy, gw) + args)
-    return gx, gw
+    def backward_kernel(self, gy):
+        g, xp = self.g, self.dev.xp
+        args = (g.Cout // g.C,) + _geom_args(g)
+        gx = gw = None
+        if self.needs_grad[0]:
+            gx = xp.empty(self.x.shape, gy.dtype)
+            launch(self.dev, "conv", "depthwise_backward_input", (gy, self.w, gx) + args,
+                   n=gx.size)
+        if self.needs_grad[1]:
+            gw = xp.empty(self.w.shape, gy.dtype)
+            # One block per (output channel, tap): a deterministic tree reduction, no atomics.
+            launch(self.dev, "conv", "depthwise_backward_weight", (self.x, gy, gw) + args,
+                   grid=min(gw.size, MAX_GRID))
+        return gx, gw, self._bias_grad(gy)
 
 
 # -- the public ops --------------------------------------------------------------------------
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
-    """2-D cross-correlation, NCHW, w (Cout, Cin/groups, kh, kw); ARCHITECTURE.md s. 9."""
-    op = Conv2d(stride, padding, dilation, groups)
+    """2-D cross-correlation, NCHW, w (Cout, Cin/groups, kh, kw); ARCHITECTURE.md s. 9.
+    Depthwise geometries run ``DepthwiseConv2d``, all others ``Conv2d``."""
+    g = _geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation,
+                  groups)
+    op = (DepthwiseConv2d if _is_depthwise(g) else Conv2d)(g)
     return op(x, w) if b is None else op(x, w, b)
 
 
