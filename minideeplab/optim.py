@@ -2,7 +2,8 @@
 import numpy as np
 
 from .device import get_device
-from .kernels import grid_1d
+from .function import Op
+from .kernels import launch
 
 
 def poly_lr(base_lr, it, max_it, power=0.9):
@@ -14,6 +15,30 @@ def _is_1d(p):
     return p.ndim <= 1
 
 
+class SGDUpdate(Op):
+    """One parameter's step of ``SGD``, in place: ``run(dev, p, grad, buf)``; ``buf`` is the
+    momentum buffer (None without momentum), ``weight_decay`` 0 for a parameter without decay."""
+
+    def __init__(self, lr, momentum, weight_decay, nesterov):
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        self.weight_decay = weight_decay
+
+    def forward_cpu(self, p, g, buf):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf *= self.momentum
+            buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+
+    def forward_kernel(self, p, g, buf):
+        # Without momentum the kernel never touches its buffer argument: p stands in for it.
+        launch(self.dev, "optim", "sgd_update",
+               (p, g, p if buf is None else buf, self.lr, self.momentum, self.weight_decay,
+                int(self.nesterov), p.size), n=p.size)
+
+
 class SGD:
     """buf = momentum * buf + (grad + wd * p);  p -= lr * (buf, or grad + momentum * buf with
     Nesterov) -- PyTorch's form, the same as TF's MomentumOptimizer used by the official code.
@@ -22,8 +47,8 @@ class SGD:
     ``ndim <= 1`` (BN gamma/beta and conv biases), as is usual: shrinking them towards 0 fights
     normalisation rather than regularising. Pass ``no_decay=lambda p: False`` to decay all.
     ``lr`` is a plain attribute: set ``opt.lr = poly_lr(...)`` before each step.
-    On ``cuda`` and ``emu`` one ``sgd_update`` launch (kernels/optim.cu) updates a parameter; on
-    ``cpu`` NumPy does, the same operations in the same order.
+    Each parameter's update is an ``SGDUpdate``: on ``cuda`` and ``emu`` one ``sgd_update``
+    launch (kernels/optim.cu); on ``cpu`` NumPy, the same operations in the same order.
     """
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, no_decay=_is_1d):
@@ -50,25 +75,8 @@ class SGD:
             wd = self.weight_decay if self.decay[i] else 0.0
             if self.momentum and self.buffers[i] is None:
                 self.buffers[i] = p.device.xp.zeros_like(p.data)
-            if p.device.uses_kernels:
-                self._launch(p, wd, self.buffers[i])
-                continue
-            g = p.grad + wd * p.data if wd else p.grad
-            if self.momentum:
-                buf = self.buffers[i]
-                buf *= self.momentum
-                buf += g
-                g = g + self.momentum * buf if self.nesterov else buf
-            p.data -= self.lr * g
-
-    def _launch(self, p, wd, buf):
-        """Kernel path of ``step`` for ``p``; without momentum ``buf`` is None and the kernel,
-        which then never touches its buffer argument, gets ``p.data`` in its place."""
-        dev, n = p.device, p.data.size
-        g = dev.xp.ascontiguousarray(p.grad)
-        dev.launch(dev.module("optim", p.dtype), "sgd_update", grid_1d(n), 256,
-                   (p.data, g, p.data if buf is None else buf, self.lr, self.momentum, wd,
-                    int(self.nesterov), n))
+            update = SGDUpdate(self.lr, self.momentum, wd, self.nesterov)
+            update.run(p.device, p.data, p.grad, self.buffers[i])
 
     def state_dict(self):
         """Flat dict of NumPy values (fits an ``.npz``): hyper-parameters and ``buf.<i>``, the
