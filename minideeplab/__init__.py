@@ -4,4 +4,5 @@ from .device import get_device, available_devices  # noqa: F401
 from .tensor import Tensor  # noqa: F401
 from .function import Function  # noqa: F401
 from . import functional, gradcheck  # noqa: F401
-from . import nn, models, flops, optim, metrics, data  # noqa: F401,E402
+# Not ``data`` (Pillow) or ``visualize`` (matplotlib): ``import minideeplab.data`` where needed.
+from . import nn, models, flops, optim, metrics  # noqa: F401,E402

@@ -22,7 +22,8 @@ import numpy as np
 from . import functional as F
 from .nn import layers
 
-MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # the paper's multi-scale inference (Sec. 4)
+# The paper's multi-scale inference (Sec. 4.3), counted here and run by evaluate.
+MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 class Shape:
@@ -123,7 +124,8 @@ def count_multiply_adds(model, input_shape, space_to_batch=False):
 
 
 def scale_dimension(size, scale):
-    """The official code's input size at ``scale``: 513 -> 257, 385, 513, 641, 769, 897."""
+    """The official code's input size at ``scale`` (it truncates): 513 -> 257, 385, 513, 641,
+    769, 897 over MULTI_SCALES; 100 at 0.5 -> 50. Both the count here and evaluate use it."""
     return int((size - 1) * scale + 1)
 
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics (paper Sec. 4; ARCHITECTURE.md section 8): one confusion matrix accumulated over
+"""Segmentation metrics (paper Sec. 4; ARCHITECTURE.md s. 8): one confusion matrix accumulated over
 a whole split, then per-class IoU, mIoU and pixel accuracy from it.
 
 Convention: ``cm[g, p]`` counts pixels of ground-truth class ``g`` predicted as ``p`` (rows =

@@ -1,4 +1,4 @@
-"""``python -m minideeplab.train``: train DeepLabv3+ end to end (paper Sec. 4; ARCHITECTURE.md s. 8).
+"""``python -m minideeplab.train``: train DeepLabv3+ (paper Sec. 4; ARCHITECTURE.md s. 8).
 
 Without arguments: the embedded shapes dataset, a small aligned-Xception DeepLabv3+ at output
 stride 8 (``PRESET``), the GPU if CuPy sees one, else the CPU; ends with a trained model and a val
@@ -17,26 +17,23 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import functional as F
-from .config import no_grad
-from .data.shapes import ShapesDataset
-from .data.transforms import Loader, TrainTransform, EvalTransform, MEAN, STD
-from .device import gpu_available
-from .evaluate import evaluate
-from .models import deeplabv3plus
+from .data.transforms import MEAN, STD, Loader, TrainTransform
+from .experiment import (build_dataset, build_model, eval_loader, evaluate, load_checkpoint,
+                         pick_device, predict_probs, save_checkpoint)
+from .models.deeplab import model_config
 from .optim import SGD, poly_lr
 from .tensor import Tensor
 from .visualize import save_curves, save_predictions
 
-# The default preset: a small DeepLabv3+ that trains on the shapes in minutes on 2 CPU cores.
-# ASPP and decoder widths shrink with the backbone (the paper's 256 and 48 are for width 1); BN
-# statistics move faster than the paper's decay 0.9997 because the run is ~1000x shorter. Output
-# stride 8, not the paper's 16: on 65x65 images OS 16 leaves a 5x5 feature map (measured on the
-# shapes: val mIoU 0.61 at OS 16 vs 0.76 at OS 8 after 2000 iterations). Dense 3x3 convs in the
-# ASPP and decoder, not the paper's separable ones: at these widths a depthwise 3x3 + pointwise
-# pair learns the shapes' corners much more slowly (measured, 3000 iterations: 0.85 dense vs
-# 0.74 separable), and the ASPP's atrous convs cost 1x1 convs here (rates 12-36 on a 9x9 map).
-# The base lr is high because He-initialised weights under BN take small relative steps (lr
-# 0.02: mIoU 0.2).
+# The default preset: a small DeepLabv3+ that trains on the shapes in minutes on 2 CPU cores
+# (README.md, "Training and evaluation", has the measurements behind each choice).
+# - ASPP and decoder widths shrink with the backbone: the paper's 256 and 48 are for width 1.
+# - BN statistics move faster than the paper's decay 0.9997: the run is ~1000x shorter.
+# - Output stride 8, not the paper's 16: on 65x65 images OS 16 leaves a 5x5 feature map.
+# - Dense 3x3 convs in the ASPP and decoder, not separable ones: at these widths a depthwise +
+#   pointwise pair learns the shapes' corners slowly, and the atrous convs cost 1x1 convs here
+#   (rates 12-36 on a 9x9 map).
+# - A high base lr: He-initialised weights under BN take small relative steps.
 PRESET = dict(backbone="xception65", width=0.25, middle_blocks=2, aspp_channels=64,
               low_level_channels=24, separable_aspp=False, bn_momentum=0.05, output_stride=8,
               crop=65, batch_size=8, iters=1800, lr=0.3, weight_decay=4e-5, scale_range=None,
@@ -55,11 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--aspp-channels", type=int, default=PRESET["aspp_channels"])
     p.add_argument("--low-level-channels", type=int, default=PRESET["low_level_channels"])
     p.add_argument("--bn-momentum", type=float, default=PRESET["bn_momentum"])
-    p.add_argument("--no-decoder", action="store_true", help="DeepLabv3 (no decoder)")
+    p.add_argument("--decoder", action=argparse.BooleanOptionalAction, default=True,
+                   help="DeepLabv3+ (default), or DeepLabv3 with --no-decoder")
     p.add_argument("--separable-aspp", action=argparse.BooleanOptionalAction,
                    default=PRESET["separable_aspp"], help="atrous separable 3x3 convs in the ASPP "
                    "and decoder (the paper's SC, Table 5) instead of dense ones")
-    p.add_argument("--output-stride", type=int, default=PRESET["output_stride"], choices=[8, 16, 32])
+    p.add_argument("--output-stride", type=int, default=PRESET["output_stride"],
+                   choices=[8, 16, 32])
     p.add_argument("--iters", type=int, default=PRESET["iters"])
     p.add_argument("--batch-size", type=int, default=PRESET["batch_size"])
     p.add_argument("--crop", type=int, default=PRESET["crop"])
@@ -82,77 +81,43 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def pick_device(name):
-    return ("cuda" if gpu_available() else "cpu") if name == "auto" else name
-
-
-def datasets(args):
-    """(train, val, num_classes) for ``args.dataset``."""
-    if args.dataset == "shapes":
-        size = args.crop
-        train = ShapesDataset("train", args.train_size, image_size=size, seed=args.seed)
-        val = ShapesDataset("val", args.val_size, image_size=size, seed=args.seed)
-        return train, val, train.num_classes
-    from .data.voc import VOCSegmentation
-    if not args.data_root:
-        raise SystemExit("--dataset voc needs --data-root (the VOC2012 folder)")
-    return VOCSegmentation(args.data_root, "train"), VOCSegmentation(args.data_root, "val"), 21
-
-
-# -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path, model, opt, meta):
-    """One .npz: parameters and BN statistics, optimizer state, and ``meta`` (iteration, seed,
-    model config, history) as JSON; written to a temporary file, then renamed (atomic)."""
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
-    arrays["meta"] = np.array(json.dumps(meta))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    """(model_state, optim_state, meta) from ``save_checkpoint``'s file."""
-    try:
-        with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
-    split = lambda prefix: {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}  # noqa: E731
-    return split("model/"), split("optim/"), json.loads(str(data["meta"]))
-
-
-def build_model(config, device):
-    model = deeplabv3plus(**config)
-    return model.to(device)
-
-
 def train(args):
     device = pick_device(args.device)
     os.makedirs(args.out, exist_ok=True)
-    train_set, val_set, num_classes = datasets(args)
-    config = dict(backbone=args.backbone, num_classes=num_classes, output_stride=args.output_stride,
-                  decoder=not args.no_decoder, separable_aspp=args.separable_aspp,
-                  width=args.width, middle_blocks=args.middle_blocks,
-                  aspp_channels=args.aspp_channels, low_level_channels=args.low_level_channels,
-                  bn_momentum=args.bn_momentum, seed=args.seed)
+    data = dict(name=args.dataset, data_root=args.data_root, image_size=args.crop,
+                train_size=args.train_size, val_size=args.val_size, seed=args.seed)
+    train_set, val_set = build_dataset(split="train", **data), build_dataset(split="val", **data)
+    num_classes = train_set.num_classes
+    # deeplabv3plus's arguments from the flags; the checkpoint saves them (model.config), and
+    # evaluate and --resume rebuild or compare the model from there.
+    config = model_config(
+        backbone=args.backbone, num_classes=num_classes, output_stride=args.output_stride,
+        decoder=args.decoder, separable_aspp=args.separable_aspp, width=args.width,
+        middle_blocks=args.middle_blocks, aspp_channels=args.aspp_channels,
+        low_level_channels=args.low_level_channels, bn_momentum=args.bn_momentum,
+        seed=args.seed)
     model = build_model(config, device)
     opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     start, history, seconds = 0, dict(iter=[], loss=[], val_iter=[], val_miou=[]), 0.0
     if args.resume:
-        model_state, optim_state, meta = load_checkpoint(args.resume)
-        if meta["config"] != config:
-            raise SystemExit(f"--resume: checkpoint config {meta['config']} differs from {config}")
+        model_state, optim_state, saved = load_checkpoint(args.resume)
+        changed = sorted(k for k in config if saved["config"][k] != config[k])
+        if changed:
+            raise SystemExit("--resume: the checkpoint's model differs in " + ", ".join(
+                f"{k} ({saved['config'][k]!r} there, {config[k]!r} here)" for k in changed))
         model.load_state_dict(model_state)
         opt.load_state_dict(optim_state)
-        start, history, seconds = meta["iteration"], meta["history"], meta["seconds"]
+        start, history, seconds = saved["iteration"], saved["history"], saved["seconds"]
     ckpt = os.path.join(args.out, "checkpoint.npz")
     loader = Loader(train_set, args.batch_size, TrainTransform(args.crop, args.scale_range),
                     shuffle=True, seed=args.seed, drop_last=True)
     batches = loader.forever(start)
-    val_loader = Loader(val_set, args.batch_size, EvalTransform(pad_to=args.crop))
-    meta = lambda it: dict(iteration=it, config=config, seed=args.seed, history=history,  # noqa: E731
-                           seconds=seconds + time.perf_counter() - t0, args=vars(args))
+    val_loader = eval_loader(val_set, args.batch_size)
+
+    def meta(it):
+        return dict(iteration=it, config=model.config, data=data, seed=args.seed, history=history,
+                    seconds=seconds + time.perf_counter() - t0, args=vars(args))
+
     t0 = time.perf_counter()
     model.train()
     stop = min(args.iters, args.stop_after or args.iters)
@@ -189,15 +154,17 @@ def train(args):
         cm = evaluate(model, val_loader, num_classes, device)
     metrics = dict(val_miou=cm.miou(), per_class_iou=[None if np.isnan(v) else v for v in cm.iou()],
                    pixel_accuracy=cm.pixel_accuracy(), iterations=args.iters,
-                   seconds=meta(args.iters)["seconds"], device=device, config=config)
+                   seconds=meta(args.iters)["seconds"], device=device, config=model.config)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     save_curves(history, os.path.join(args.out, "curves.png"))
-    images, labels = next(iter(Loader(val_set, 4, EvalTransform(pad_to=args.crop), prefetch=0)))
-    model.eval()
-    with no_grad():
-        preds = model(Tensor(images, device=device)).numpy().argmax(1)
-    save_predictions(images, labels, preds, os.path.join(args.out, "predictions.png"),
+    shown = []  # the first 4 val images (one batch of the shapes; VOC's come one at a time)
+    for images, labels in eval_loader(val_set, 4, prefetch=0):
+        preds = Tensor(predict_probs(model, images, device).argmax(axis=1)).numpy()
+        shown += zip(images, labels, preds)
+        if len(shown) >= 4:
+            break
+    save_predictions(*zip(*shown[:4]), os.path.join(args.out, "predictions.png"),
                      mean=np.array(MEAN), std=np.array(STD))
     print(f"val mIoU {metrics['val_miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}, "
           f"{metrics['seconds']:.0f} s on {device}; wrote {args.out}/"

@@ -1,5 +1,9 @@
 """The synthetic shapes dataset (ARCHITECTURE.md section 8): deterministic, labels in range, a thin
-boundary band of 255, and colour that does not give the class."""
+boundary band of 255, and colour that does not give the class; and the data pipeline is imported
+only where it is used."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -70,3 +74,14 @@ def test_bad_arguments():
         ShapesDataset("test")
     with pytest.raises(ValueError, match="image_size=8"):
         ShapesDataset(image_size=8)
+
+
+@pytest.mark.parametrize("module, absent", [
+    ("minideeplab", ("PIL", "matplotlib", "minideeplab.data", "minideeplab.visualize")),
+    ("minideeplab.train", ("minideeplab.evaluate",)),  # the command lines share experiment.py
+    ("minideeplab.evaluate", ("minideeplab.train",)),
+])
+def test_import_leaves_out(module, absent):
+    code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

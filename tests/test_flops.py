@@ -4,17 +4,25 @@ import pytest
 
 import minideeplab.functional as F
 from minideeplab import flops, nn
+from minideeplab.experiment import predict_probs
 from minideeplab.models import deeplabv3plus
+from minideeplab.tensor import Tensor
 
 SIZE = (3, 513, 513)
 
 
 @pytest.fixture(scope="module")
-def models():
+def built():
     """The full-size networks (built once: only their weights' shapes matter here)."""
     return {(bb, sc, dec): deeplabv3plus(bb, decoder=dec, separable_aspp=sc)
             for bb, sc in [("xception65", True), ("xception65", False), ("resnet101", False)]
             for dec in (False, True)}
+
+
+@pytest.fixture
+def models(built):
+    """``built``, each back at output stride 16 for every test (tests switch it)."""
+    return {key: model.set_output_stride(16) for key, model in built.items()}
 
 
 def test_counts_convolutions_by_hand():
@@ -34,6 +42,28 @@ def test_shape_pass_restores_the_ops_even_after_an_error():
     with pytest.raises(ValueError, match="has 4 channels"):
         flops.trace(nn.Conv2d(3, 8, 3), (1, 4, 5, 5))
     assert F.conv2d is conv and nn.layers.max_pool2d is nn.max_pool2d
+
+
+def test_scale_dimension_truncates_like_the_official_code():
+    # (size - 1) * scale + 1, truncated: at 513 every paper scale gives an integer anyway.
+    assert [flops.scale_dimension(513, s) for s in flops.MULTI_SCALES] == [257, 385, 513, 641,
+                                                                           769, 897]
+    assert flops.scale_dimension(100, 0.5) == 50  # 50.5 truncated (rounding would give 51)
+    assert flops.scale_dimension(100, 0.75) == 75  # 75.25
+
+
+def test_evaluation_runs_the_counted_sizes():
+    """Multi-scale evaluation feeds the network exactly the sizes the count assumes."""
+    seen = []
+
+    def model(x):  # records its input size; uniform logits
+        seen.append(tuple(x.shape[2:]))
+        return Tensor(np.zeros((x.shape[0], 2) + tuple(x.shape[2:]), np.float32))
+
+    probs = predict_probs(model, np.zeros((1, 3, 100, 65), np.float32), "cpu", flops.MULTI_SCALES)
+    assert seen == [(flops.scale_dimension(100, s), flops.scale_dimension(65, s))
+                    for s in flops.MULTI_SCALES]
+    assert seen[0] == (50, 33) and probs.shape == (1, 2, 100, 65)
 
 
 # The three anchors of ARCHITECTURE.md s. 7 with the exact count.

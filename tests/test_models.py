@@ -16,8 +16,15 @@ TINY = dict(width=0.0625, middle_blocks=1, resnet_units=(2, 1, 1, 3), aspp_chann
 
 
 @pytest.fixture(scope="module")
-def full():
+def built():
     return {bb: deeplabv3plus(bb) for bb in ("xception65", "resnet101")}
+
+
+@pytest.fixture
+def full(built):
+    """The full-size networks (built once per module), each at its built output stride 16 for
+    every test, whatever an earlier test switched it to."""
+    return {bb: model.set_output_stride(16) for bb, model in built.items()}
 
 
 @pytest.mark.parametrize("backbone", ["xception65", "resnet101"])

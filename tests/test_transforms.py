@@ -1,4 +1,5 @@
-"""Augmentation keeps image and label aligned; padding values; the batch loader (ARCHITECTURE.md s. 8)."""
+"""Augmentation keeps image and label aligned; padding values; the batch loader (ARCHITECTURE.md
+s. 8)."""
 import numpy as np
 import pytest
 from scipy import ndimage

@@ -1,4 +1,5 @@
-"""The PASCAL VOC 2012 reader on a tiny tree written in the real on-disk format (ARCHITECTURE.md s. 8)."""
+"""The PASCAL VOC 2012 reader on a tiny tree written in the real on-disk format (ARCHITECTURE.md
+s. 8)."""
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,5 +1,7 @@
 """DeepLabv3+ (paper Sec. 3, Fig. 2) and DeepLabv3 (``decoder=False``) on an Xception-65 or a
 ResNet-101 backbone, with a switchable output stride (Sec. 3.1; ARCHITECTURE.md s. 7 and 9)."""
+import inspect
+
 import numpy as np
 
 from .. import functional as F, nn
@@ -65,11 +67,7 @@ def deeplabv3plus(backbone="xception65", num_classes=21, output_stride=16, decod
     ``middle_blocks`` (Xception), ``resnet_units``, ``aspp_channels`` (also the decoder's 3x3
     convs) and ``low_level_channels`` shrink the model for the CPU. ``bn_momentum``: 0.0003 is
     the paper's decay 0.9997; short runs need ~0.01-0.1. ``seed`` fixes the He-normal weights."""
-    config = dict(backbone=backbone, num_classes=num_classes, output_stride=output_stride,
-                  decoder=decoder, width=width, middle_blocks=middle_blocks,
-                  resnet_units=list(resnet_units), separable_aspp=separable_aspp,
-                  aspp_channels=aspp_channels, low_level_channels=low_level_channels,
-                  dropout=dropout, bn_momentum=bn_momentum, seed=seed)
+    config = model_config(**locals())
     rng = np.random.default_rng(seed)
     if backbone == "xception65":
         net = Xception(width, middle_blocks, rng=rng)
@@ -87,3 +85,12 @@ def deeplabv3plus(backbone="xception65", num_classes=21, output_stride=16, decod
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = bn_momentum
     return model.set_output_stride(output_stride)
+
+
+def model_config(**kwargs):
+    """``deeplabv3plus``'s arguments with its defaults filled in, as JSON keeps them: the one
+    definition of a model's ``config`` (a checkpoint saves it; ``deeplabv3plus(**config)``
+    rebuilds the model). TypeError on an argument ``deeplabv3plus`` does not take."""
+    bound = inspect.signature(deeplabv3plus).bind(**kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments, resnet_units=list(bound.arguments["resnet_units"]))
