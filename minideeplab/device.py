@@ -1,10 +1,14 @@
 """The three devices (ARCHITECTURE.md section 2): ``cpu``, ``cuda`` and ``emu``.
 
-An op asks its device for two things only: ``dev.xp`` (numpy or cupy) and, on the kernel path,
-``dev.launch(module, kernel, grid, block, args)``. ``cuda`` and ``emu`` share the kernel path, so a
-test on ``emu`` runs the same ``.cu`` source and the same launch code as the GPU.
+An op asks its device for ``dev.xp`` (numpy or cupy) and, on the kernel path, for
+``dev.module(family, dtype)`` and ``dev.launch(module, kernel, grid, block, args)``. ``cuda`` and
+``emu`` share that path (``KernelDevice``) and differ only in how a ``.cu`` source is built and
+how its module calls a kernel, so a test on ``emu`` runs the same source and the same launch code
+as the GPU.
 """
 import numpy as np
+
+from .kernels import loader
 
 
 class Device:
@@ -47,11 +51,32 @@ class CPU(Device):
     name = "cpu"
 
 
-class CUDA(Device):
+class KernelDevice(Device):
+    """A device that runs the hand-written kernels: one module cache (``loader.load_module``) and
+    one launch for both; a subclass says how a ``.cu`` source is built (``build``)."""
+
+    uses_kernels = True
+    watch_sources = False  # True: a module is rebuilt when its .cu file or a header changes
+
+    def module(self, family, dtype):
+        return loader.load_module(self, family, dtype)
+
+    def launch(self, module, kernel, grid, block, args):
+        module.launch(kernel, _dim3(grid), _dim3(block), args)
+
+    def build(self, source):
+        """``source`` (a ``loader.Source``) compiled for this device: a ``loader.Module``."""
+        raise NotImplementedError
+
+    def build_target(self):
+        """What a built module serves besides its source and dtype: this device."""
+        return self.name
+
+
+class CUDA(KernelDevice):
     """CuPy arrays; kernels through ``cupy.RawModule``; GEMMs through cuBLAS."""
 
     name = "cuda"
-    uses_kernels = True
 
     def __init__(self):
         try:
@@ -74,26 +99,26 @@ class CUDA(Device):
     def asarray(self, array, dtype=None):
         return self._cp.asarray(array, dtype=dtype)
 
-    def module(self, family, dtype):
-        from .kernels.loader import load_module
-        return load_module(family, dtype)
+    def build(self, source):
+        return loader.nvrtc_module(source)
 
-    def launch(self, module, kernel, grid, block, args):
-        module.launch(kernel, _dim3(grid), _dim3(block), args)
+    def build_target(self):
+        """The current GPU: a module is loaded into one GPU's context."""
+        return self.name, self._cp.cuda.runtime.getDevice()
 
 
-class Emu(Device):
+class Emu(KernelDevice):
     """NumPy arrays; kernels compiled from the same ``.cu`` source for the host (``emu/``)."""
 
     name = "emu"
-    uses_kernels = True
+    # The lessons and tests write .cu files and load them again after an edit; a stat per file
+    # at each lookup is small beside an emulated launch (and is left out on cuda, where the step's
+    # host time is the bottleneck).
+    watch_sources = True
 
-    def module(self, family, dtype):
-        from .emu.runner import load_module
-        return load_module(family, dtype)
-
-    def launch(self, module, kernel, grid, block, args):
-        module.launch(kernel, _dim3(grid), _dim3(block), args)
+    def build(self, source):
+        from .emu.runner import build
+        return build(source)
 
 
 def _dim3(v):

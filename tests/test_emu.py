@@ -7,7 +7,7 @@ import pytest
 
 from minideeplab.device import get_device
 from minideeplab.emu import runner
-from minideeplab.kernels import BLOCK
+from minideeplab.kernels import BLOCK, loader
 
 CASES = str(Path(__file__).parent / "kernels" / "emu_cases.cu")
 DTYPES = [np.float32, np.float64]
@@ -138,7 +138,7 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match=r"shifted_read: argument 'x' \(const real\*\) needs a "
                                          r"C-contiguous float64 array, got float32 shape \(8,\)"):
         launch("shifted_read", 1, 8, (np.zeros(8, np.float32), y, 8, 0))
-    with pytest.raises(ValueError, match="argument 'x' .* got float64 shape \\(8,\\) \\(strided\\)"):
+    with pytest.raises(ValueError, match=r"argument 'x' .* got float64 shape \(8,\) \(strided\)"):
         launch("shifted_read", 1, 8, (np.zeros(16)[::2], y, 8, 0))
     with pytest.raises(ValueError, match="argument 'n' \\(long long\\) needs a number"):
         launch("shifted_read", 1, 8, (y, y, y, 0))
@@ -150,17 +150,39 @@ def test_arguments_are_checked():
 
 def test_the_cache_reuses_a_build(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(runner, "_modules", {})
+    monkeypatch.setattr(loader, "_modules", {})
     builds = []
     compile_ = runner._compile
     monkeypatch.setattr(runner, "_compile", lambda *a: builds.append(a) or compile_(*a))
-    runner.load_module("activation", np.float32)
-    runner._modules.clear()  # as in a new process
-    module = runner.load_module("activation", np.float32)
+    emu = get_device("emu")
+    assert emu.module("activation", np.float32) is emu.module("activation", np.float32)
+    loader._modules.clear()  # as in a new process
+    module = emu.module("activation", np.float32)
     assert len(builds) == 1 and len(list(tmp_path.glob("emu/*.so"))) == 1
     x, y = np.array([-1.0, 2.0], np.float32), np.zeros(2, np.float32)
-    get_device("emu").launch(module, "relu_forward", 1, 32, (x, y, 2))
+    emu.launch(module, "relu_forward", 1, 32, (x, y, 2))
     np.testing.assert_array_equal(y, [0, 2])
+
+
+def test_an_edited_source_or_header_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
+    header, source = tmp_path / "value.cuh", tmp_path / "edited.cu"
+    header.write_text("__device__ real value() { return 1; }\n")
+    source.write_text('#include "value.cuh"\n'
+                      'extern "C" __global__ void put(real* y) { y[0] = value(); }\n')
+    emu = get_device("emu")
+
+    def put():
+        y = np.zeros(1)
+        emu.launch(emu.module(str(source), np.float64), "put", 1, 1, (y,))
+        return y[0]
+
+    assert put() == 1
+    header.write_text("__device__ real value() { return 20; }\n")
+    assert put() == 20
+    source.write_text(source.read_text().replace("= value()", "= -value()"))
+    assert put() == -20
+    assert len(list(tmp_path.glob("emu/edited-double-*.so"))) == 3
 
 
 def test_compile_errors_name_the_file(tmp_path, monkeypatch):
@@ -168,11 +190,11 @@ def test_compile_errors_name_the_file(tmp_path, monkeypatch):
     broken = tmp_path / "broken.cu"
     broken.write_text('extern "C" __global__ void broken(real* y) { y[0] = undeclared_name; }\n')
     with pytest.raises(RuntimeError, match="broken.cu .*(?s:.*)undeclared_name"):
-        runner.load_module(str(broken), np.float64)
+        get_device("emu").module(str(broken), np.float64)
 
 
 def test_a_missing_compiler_is_named(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler")
-    monkeypatch.setattr(runner, "_modules", {})
+    monkeypatch.setattr(loader, "_modules", {})
     with pytest.raises(RuntimeError, match="install g\\+\\+"):
-        runner.load_module("activation", np.float64)
+        get_device("emu").module("activation", np.float64)

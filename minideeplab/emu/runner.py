@@ -1,8 +1,9 @@
-"""The ``emu`` device's kernel runner: the ``.cu`` source compiled with g++ and called with ctypes.
+"""The ``emu`` device's build and call (ARCHITECTURE.md s. 6): a ``.cu`` source compiled with g++
+and its kernels called with ctypes on NumPy arrays, in place.
 
-ARCHITECTURE.md s. 6. ``cuda_emu.h`` supplies CUDA's built-ins; this module generates one launch wrapper
-per ``extern "C" __global__`` signature (parsed by ``kernels/loader.py``, as on ``cuda``), caches the
-shared library by a hash of everything that goes into it, and runs kernels on NumPy arrays in place.
+``cuda_emu.h`` supplies CUDA's built-ins; ``build`` adds one launch wrapper per kernel signature
+(``launch_wrapper``; the signatures come from ``kernels/loader.py``, as on ``cuda``, which also
+keeps the module cache) and caches the shared library by a hash of everything that goes into it.
 
 Checking mode (``check_mode()``, or the environment variable ``MINIDEEPLAB_EMU_CHECK=1``) copies
 every array argument into a buffer that ends flush against an inaccessible page, so a read or write
@@ -20,14 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernels.loader import (Module, convert_args, options, parse, read_headers, real_name,
-                              source_path)
+from ..kernels.loader import Module, options
 
 HEADER = Path(__file__).resolve().with_name("cuda_emu.h")
 FLAGS = ["-O1", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-x", "c++"]
 _check = [None]  # None: follow MINIDEEPLAB_EMU_CHECK
-_lock = threading.Lock()  # the emulator's built-ins are globals of the library: one launch at a time
-_modules = {}
+_lock = threading.Lock()  # the built-ins are globals of the library: one launch at a time
 ERR_BYTES = 512  # the message buffer a launch wrapper writes into
 
 
@@ -58,11 +57,13 @@ def cache_dir():
     return Path(root) / "emu"
 
 
-def _wrapper(k):
+def launch_wrapper(k):
+    """The C++ function through which ctypes launches kernel ``k`` (a ``loader.Kernel``): it casts
+    each argument from ``a`` and runs the grid ``d``, its threads as fibers if ``k.syncs``."""
     args = ", ".join(f"*({p.ctype}*)a[{i}]" for i, p in enumerate(k.params))
-    return (f'extern "C" int emu_launch_{k.name}(const unsigned* d, void** a, int check, char* err) '
-            f'{{\n  return emu::launch(d, {str(k.syncs).lower()}, check, err, {ERR_BYTES}, '
-            f'[&] {{ {k.name}({args}); }});\n}}\n')
+    return (f'extern "C" int emu_launch_{k.name}(const unsigned* d, void** a, int check, '
+            f'char* err) {{\n  return emu::launch(d, {str(k.syncs).lower()}, check, err, '
+            f'{ERR_BYTES}, [&] {{ {k.name}({args}); }});\n}}\n')
 
 
 def _compile(cxx, flags, code, target, cwd):
@@ -78,56 +79,49 @@ def _compile(cxx, flags, code, target, cwd):
     os.replace(tmp, target)
 
 
-def load_module(family, dtype):
-    """``kernels/<family>.cu`` (or a ``.cu`` path) compiled for the host with ``-Dreal=...``."""
-    path, real = source_path(family), real_name(dtype)
-    stat = path.stat()
-    key = (path, real, stat.st_mtime_ns, stat.st_size)
-    if key in _modules:
-        return _modules[key]
-    source = path.read_text()
-    headers = read_headers(path, source)
-    kernels = parse(source, real, path.name, headers.values())
-    code = (f'#include "{HEADER}"\n#line 1 "{path}"\n{source}\n#line 1 "<emu launch wrappers>"\n'
-            + "".join(map(_wrapper, kernels.values())))
+def build(source):
+    """``source`` (a ``loader.Source``) compiled for the host: the ``emu`` device's build."""
+    code = (f'#include "{HEADER}"\n#line 1 "{source.path}"\n{source.text}\n'
+            f'#line 1 "<emu launch wrappers>"\n'
+            + "".join(map(launch_wrapper, source.kernels.values())))
     cxx = shutil.which(os.environ.get("CXX", "g++"))
     if cxx is None:
         raise RuntimeError(f"the emu device compiles kernels with a C++ compiler, and "
                            f"{os.environ.get('CXX', 'g++')!r} was not found: install g++ "
                            f"(apt-get install g++) or set CXX")
-    flags = FLAGS + options(path, real)
-    digest = hashlib.sha256("\0".join([code, HEADER.read_text(), *headers.values(), cxx, *flags])
-                            .encode()).hexdigest()
-    target = cache_dir().absolute() / f"{path.stem}-{real}-{digest[:24]}.so"
+    flags = FLAGS + options(source.path, source.real)
+    digest = hashlib.sha256("\0".join([code, HEADER.read_text(), *source.headers.values(), cxx,
+                                       *flags]).encode()).hexdigest()
+    target = cache_dir().absolute() / f"{source.path.stem}-{source.real}-{digest[:24]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        log = _compile(cxx, flags, code, target, path.parent)
+        log = _compile(cxx, flags, code, target, source.path.parent)
         if log is not None:
-            raise RuntimeError(f"{path.name} (real={real}) does not compile with {cxx}:\n{log}")
-    _modules[key] = EmuModule(path, real, kernels, ctypes.CDLL(str(target)))
-    return _modules[key]
+            raise RuntimeError(f"{source.path.name} (real={source.real}) does not compile with "
+                               f"{cxx}:\n{log}")
+    return EmuModule(source, ctypes.CDLL(str(target)))
 
 
 class EmuModule(Module):
     """A ``.cu`` file compiled for the host into the shared library ``lib``."""
 
-    def __init__(self, path, real, kernels, lib):
-        super().__init__(path, real, kernels)
+    array_type = np.ndarray
+
+    def __init__(self, source, lib):
+        super().__init__(source)
         self._lib = lib
         lib.emu_guard_alloc.restype = ctypes.c_void_p
         lib.emu_guard_alloc.argtypes = [ctypes.c_size_t]
         lib.emu_guard_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self._fault = ctypes.c_size_t.in_dll(lib, "emu_fault_addr")
 
-    def launch(self, kernel, grid, block, args):
-        k = self.kernel(kernel, grid, block)
-        values = convert_args(k, args, np.ndarray)
+    def _call(self, kernel, grid, block, values):
         check = checking()
         with _lock:
             guarded = {}  # (address, bytes) -> [guard buffer, written?, names]: aliases share one
             try:
                 argv = []
-                for p, v in zip(k.params, values):
+                for p, v in zip(kernel.params, values):
                     if not p.pointer:
                         argv.append(np.ctypeslib.as_ctypes_type(v.dtype)(v))
                         continue
@@ -144,14 +138,14 @@ class EmuModule(Module):
                         address = g[0]
                     argv.append(ctypes.c_void_p(address))
                 err = ctypes.create_string_buffer(ERR_BYTES)
-                rc = getattr(self._lib, f"emu_launch_{kernel}")(
+                rc = getattr(self._lib, f"emu_launch_{kernel.name}")(
                     (ctypes.c_uint * 6)(*grid, *block),
                     (ctypes.c_void_p * len(argv))(*[ctypes.addressof(a) for a in argv]),
                     int(check), err)
                 if rc == 2:
-                    raise KernelError(f"kernel {kernel}: {self._fault_message(guarded)}")
+                    raise KernelError(f"kernel {kernel.name}: {self._fault_message(guarded)}")
                 if rc:
-                    raise KernelError(f"kernel {kernel}: {err.value.decode()}")
+                    raise KernelError(f"kernel {kernel.name}: {err.value.decode()}")
                 for (address, nbytes), (g, written, _) in guarded.items():
                     if written:
                         ctypes.memmove(address, g, nbytes)
@@ -159,7 +153,7 @@ class EmuModule(Module):
                 bad = [names for (_, nbytes), (g, _, names) in guarded.items()
                        if g is not None and not self._lib.emu_guard_free(g, nbytes)]
             if bad:
-                raise KernelError(f"kernel {kernel}: wrote before the start of argument "
+                raise KernelError(f"kernel {kernel.name}: wrote before the start of argument "
                                   f"{bad[0][0][0]!r}")
 
     def _fault_message(self, guarded):

@@ -1,11 +1,15 @@
-"""Kernel sources: signatures, argument checks and the ``cuda`` module cache (ARCHITECTURE.md s. 5).
+"""Kernel sources and modules (ARCHITECTURE.md s. 5), the part that ``cuda`` and ``emu`` share.
 
-Both kernel devices read a ``.cu`` file through this module: ``cuda`` compiles it with NVRTC into a
-``cupy.RawModule``, ``emu`` (``emu/runner.py``) with g++; both take their argument types from
-``parse`` and check arguments with ``convert_args``, so a launch that is wrong on one is wrong on both.
-CuPy is imported only inside the functions that need it.
+``load_module`` keeps one cache of built modules, keyed by (family, dtype, device). On a miss it
+reads the ``.cu`` file (``read_source``: its text, the headers it includes, its kernels'
+signatures from ``parse``) and asks the device to build it: ``cuda`` with NVRTC
+(``nvrtc_module``), ``emu`` with g++ (``emu/runner.py``). Every ``Module.launch`` checks the
+arguments with ``convert_args`` before the device calls the kernel, so a launch that is wrong on
+one device is wrong on both. CuPy is imported only inside the functions that need it.
 """
 import functools
+import hashlib
+import os
 import re
 from collections import namedtuple
 from pathlib import Path
@@ -197,55 +201,102 @@ def check_launch(kernel, grid, block):
         raise ValueError(f"kernel {kernel}: block {tuple(block)} has more than 1024 threads")
 
 
-class Module:
-    """A compiled ``.cu`` file: its kernels' signatures (``kernels``) and ``launch``."""
+# path: the resolved .cu file; headers: resolved path -> text of every file it includes; kernels:
+# name -> Kernel; stamp: the mtime and size of the file and of each header (changes on an edit).
+Source = namedtuple("Source", "path real text headers kernels stamp")
 
-    def __init__(self, path, real, kernels):
-        self.path, self.real, self.kernels = path, real, kernels
+
+def read_source(family, dtype):
+    """The ``Source`` of ``kernels/<family>.cu`` (or a ``.cu`` path) with ``real`` = ``dtype``."""
+    path, real = source_path(family), real_name(dtype)
+    text = path.read_text()
+    headers = read_headers(path, text)
+    kernels = parse(text, real, path.name, headers.values())
+    return Source(path, real, text, headers, kernels, _stamp([path, *headers]))
+
+
+def _stamp(files):
+    try:
+        return tuple((s.st_mtime_ns, s.st_size) for s in map(os.stat, files))
+    except OSError:  # a file is gone: read_source says which
+        return None
+
+
+class Module:
+    """A built ``.cu`` file: its ``source``, its kernels' signatures (``kernels``) and ``launch``.
+
+    A device's subclass says how a kernel is called (``_call``) and on which arrays
+    (``array_type``)."""
+
+    array_type = None
+
+    def __init__(self, source):
+        self.source = source
+        self.path, self.real, self.kernels = source.path, source.real, source.kernels
 
     def kernel(self, name, grid=None, block=None):
         """The signature of ``name``, after checking the launch shape when one is given."""
         if name not in self.kernels:
-            raise ValueError(f"{self.path.name} has no kernel {name!r}; it has {sorted(self.kernels)}")
+            raise ValueError(f"{self.path.name} has no kernel {name!r}; "
+                             f"it has {sorted(self.kernels)}")
         if grid is not None:
             check_launch(name, grid, block)
         return self.kernels[name]
 
+    def launch(self, kernel, grid, block, args):
+        """Run ``kernel`` over ``grid`` blocks of ``block`` threads (3-tuples) on ``args``."""
+        k = self.kernel(kernel, grid, block)
+        self._call(k, grid, block, convert_args(k, args, self.array_type))
+
+    def _call(self, kernel, grid, block, values):
+        raise NotImplementedError
+
+
+_modules = {}  # (family as given, dtype, device.build_target()) -> Module
+
+
+def load_module(device, family, dtype):
+    """``kernels/<family>.cu`` (or a ``.cu`` path) with ``real`` = ``dtype``, built by
+    ``device.build(source)`` once per (family, dtype, device), and again when
+    ``device.watch_sources`` and the file or a header it includes has changed since."""
+    # Keyed by the name as given, not the resolved path: every op asks at every call, and a hit
+    # costs one dict lookup (plus a stat per file where the device watches its sources).
+    key = (str(family), np.dtype(dtype), device.build_target())
+    module = _modules.get(key)
+    if module is None or (device.watch_sources
+                          and module.source.stamp != _stamp([module.path, *module.source.headers])):
+        module = _modules[key] = device.build(read_source(family, dtype))
+    return module
+
 
 class CudaModule(Module):
-    def __init__(self, path, real, kernels, raw):
-        super().__init__(path, real, kernels)
-        self.raw, self._functions = raw, {}
+    """A ``.cu`` file compiled by NVRTC into the ``cupy.RawModule`` ``raw``."""
 
-    def launch(self, kernel, grid, block, args):
+    def __init__(self, source, raw):
         import cupy
-        values = convert_args(self.kernel(kernel, grid, block), args, cupy.ndarray)
-        if kernel not in self._functions:
-            self._functions[kernel] = self.raw.get_function(kernel)
-        self._functions[kernel](grid, block, tuple(values))
+        super().__init__(source)
+        self.array_type, self.raw, self._functions = cupy.ndarray, raw, {}
+
+    def _call(self, kernel, grid, block, values):
+        if kernel.name not in self._functions:
+            self._functions[kernel.name] = self.raw.get_function(kernel.name)
+        self._functions[kernel.name](grid, block, tuple(values))
 
 
-_modules = {}
-
-
-def load_module(family, dtype):
-    """``kernels/<family>.cu`` compiled by NVRTC with ``-Dreal=float|double``, once per device."""
+def nvrtc_module(source):
+    """``source`` compiled by NVRTC for the current GPU: the ``cuda`` device's build."""
     import cupy
-    # Keyed by the name as given: every op asks at every call (~650 times a training step), and
-    # resolving the file's path each time took a third of a default-preset step's host time on
-    # the GPU (cProfile).
-    key = (str(family), np.dtype(dtype), cupy.cuda.runtime.getDevice())
-    if key not in _modules:
-        path, real = source_path(family), real_name(dtype)
-        source = path.read_text()
-        kernels = parse(source, real, path.name, read_headers(path, source).values())
-        raw = cupy.RawModule(code=source, options=tuple(options(path, real)))
-        try:
-            raw.compile()
-        except cupy.cuda.compiler.CompileException as e:
-            raise RuntimeError(f"{path.name} (real={real}) does not compile with NVRTC:\n{e}") from None
-        _modules[key] = CudaModule(path, real, kernels, raw)
-    return _modules[key]
+    # CuPy caches the binary on disk by the source text and the options alone: the included
+    # headers' digest, in a trailing comment, makes an edited header compile anew.
+    digest = hashlib.sha256("\0".join(source.headers.values()).encode()).hexdigest()
+    raw = cupy.RawModule(code=f"{source.text}\n// headers: {digest}\n",
+                         options=tuple(options(source.path, source.real)))
+    try:
+        raw.compile()
+    except cupy.cuda.compiler.CompileException as e:
+        raise RuntimeError(f"{source.path.name} (real={source.real}) does not compile with "
+                           f"NVRTC:\n{e}") from None
+    return CudaModule(source, raw)
 
 
 def compile_check(family, real="float", arch="compute_90"):
