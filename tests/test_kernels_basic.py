@@ -1,6 +1,6 @@
 """ReLU and the per-channel sum on every device against independent NumPy references
-(ARCHITECTURE.md s. 10: shapes that are not multiples of the block size, batch 1, a 1x1 map), and the
-refusal of arrays too large for the kernels' 32-bit indices."""
+(ARCHITECTURE.md s. 10: shapes that are not multiples of the block size, batch 1, a 1x1 map), the
+refusal of arrays too large for the kernels' 32-bit indices, and ``loader.kernel_source``."""
 import numpy as np
 import pytest
 
@@ -58,3 +58,33 @@ def test_arrays_beyond_the_limit_are_refused(device, monkeypatch):
     with pytest.raises(ValueError, match=r"kernel relu_forward: argument 'x' \(const real\*\): "
                                          r"shape \(41,\) has 41 elements, more than the 40"):
         F.relu(Tensor(np.ones(41), device=device))
+
+
+TINY = """// A comment about the file, apart from the kernel.
+
+#define SCALE 2
+// One thread: y[i] = SCALE * x[i].
+  // Launch: one block.
+extern "C" __global__ void twice(const real* x, real* y,
+                                 int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {  // a brace in a comment: }
+    y[i] = SCALE * x[i];
+  }
+}
+/* __global__ void hidden(real* y) { */
+extern "C" __global__ void zero(real* y) { y[0] = 0; }
+"""
+
+
+def test_kernel_source_is_the_kernel_with_its_comment(tmp_path):
+    path = tmp_path / "tiny.cu"
+    path.write_text(TINY)
+    assert loader.kernel_source(str(path), "twice") == "\n".join(TINY.split("\n")[3:11])
+    assert loader.kernel_source(str(path), "zero") == (
+        'extern "C" __global__ void zero(real* y) { y[0] = 0; }')
+    with pytest.raises(ValueError, match=r"kernel family '.*tiny.cu' \(tiny.cu\) has no kernel "
+                                         r"'hidden'; it has \['twice', 'zero'\]"):
+        loader.kernel_source(str(path), "hidden")
+    with pytest.raises(ValueError, match=r"'conv' \(conv.cu\) has no kernel 'relu_forward'; "
+                                         r"it has \['col2im', "):
+        loader.kernel_source("conv", "relu_forward")

@@ -89,7 +89,10 @@ def read_headers(path, text):
 
 
 def strip_comments(source):
-    return re.sub(r"//[^\n]*|/\*.*?\*/", " ", source, flags=re.S)
+    """``source`` with its comments blanked out (each character but a newline becomes a space), so
+    the code keeps its offsets and line numbers."""
+    return re.sub(r"//[^\n]*|/\*.*?\*/", lambda m: re.sub(r"[^\n]", " ", m[0]), source,
+                  flags=re.DOTALL)
 
 
 def parse(source, real, filename="<source>", headers=()):
@@ -106,6 +109,24 @@ def parse(source, real, filename="<source>", headers=()):
     functions += [(m[1], m.end(), _body_end(code, m, filename)) for m in _HELPER.finditer(code)]
     syncs = _syncing(code, functions)
     return {name: Kernel(name, p, name in syncs) for name, p in params.items()}
+
+
+def kernel_source(family, name):
+    """Kernel ``name`` as it stands in ``kernels/<family>.cu`` (or a ``.cu`` path), for the lessons
+    to print: the ``//`` lines right above its signature, the signature and its body."""
+    path = source_path(family)
+    text = path.read_text()
+    code = strip_comments(text)
+    found = {m[1]: m for m in _KERNEL.finditer(code)}
+    if name not in found:
+        raise ValueError(f"kernel family {str(family)!r} ({path.name}) has no kernel {name!r}; "
+                         f"it has {sorted(found)}")
+    m, lines = found[name], text.split("\n")
+    first = code.count("\n", 0, m.start())
+    last = code.count("\n", 0, _body_end(code, m, path.name) - 1)
+    while first > 0 and lines[first - 1].lstrip().startswith("//"):
+        first -= 1
+    return "\n".join(lines[first:last + 1])
 
 
 def _body_end(code, m, filename):
