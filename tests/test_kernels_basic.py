@@ -1,6 +1,9 @@
 """ReLU and the per-channel sum on every device against independent NumPy references
 (ARCHITECTURE.md s. 10: shapes that are not multiples of the block size, batch 1, a 1x1 map), the
-refusal of arrays too large for the kernels' 32-bit indices, and ``loader.kernel_source``."""
+refusal of arrays too large for the kernels' 32-bit indices, ``loader.kernel_source`` and the comment
+that every kernel starts with (ARCHITECTURE.md s. 5)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -88,3 +91,11 @@ def test_kernel_source_is_the_kernel_with_its_comment(tmp_path):
     with pytest.raises(ValueError, match=r"'conv' \(conv.cu\) has no kernel 'relu_forward'; "
                                          r"it has \['col2im', "):
         loader.kernel_source("conv", "relu_forward")
+
+
+@pytest.mark.parametrize("family", sorted(p.stem for p in loader.KERNEL_DIR.glob("*.cu")))
+def test_every_kernel_says_what_a_thread_does_its_launch_and_bytes(family):
+    for name in loader.read_source(family, np.float32).kernels:
+        comment = loader.kernel_source(family, name).split('extern "C"')[0]
+        assert re.search(r"one (thread|block)", comment, re.IGNORECASE), (family, name)
+        assert "Launch:" in comment and "Bytes per" in comment, (family, name)

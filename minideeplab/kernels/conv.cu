@@ -4,18 +4,16 @@
 // kernel kh x kw, stride (sh, sw), zero padding (ph, pw), dilation (dh, dw), output Ho x Wo.
 // Output row ho under tap row i reads input row ho*sh - ph + i*dh (columns alike); a read outside
 // [0, H) x [0, W) is padding and contributes zero.
-// Indices and shapes are 32-bit int: a GPU emulates 64-bit integer division and modulo in
-// software, many times slower than 32-bit, and every thread here decomposes its flat index with
-// them. The loader refuses arrays too large for int (kernels/loader.py, MAX_ELEMENTS), and
-// functional/conv.py refuses padded sizes whose row arithmetic would leave it.
-// Launch: 1-D grid-stride loops, grid_1d(n) blocks of BLOCK threads, except
-// depthwise_backward_weight (see there). Gathers only: no atomics, every result is deterministic.
+// Launch: 1-D grid-stride loops over the output's n elements, grid_1d(n) blocks of BLOCK threads,
+// except depthwise_backward_weight (one block per weight). Gathers only: no atomics, every result
+// is deterministic.
 
 #include "block_reduce.cuh"
 
 // One thread: column element idx = ((((n*C + c)*kh + i)*kw + j)*Ho + ho)*Wo + wo, i.e. the input
 // pixel under tap (i, j) of channel c for output pixel (ho, wo), or 0 on padding.
-// Bytes per output element: reads at most 1 real, writes 1.
+// Launch: 1-D, grid_1d(n), n = N*C*kh*kw*Ho*Wo. Bytes per output element: reads at most 1 real,
+// writes 1.
 extern "C" __global__ void im2col(const real* __restrict__ x, real* __restrict__ cols, int N,
                                   int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
                                   int pw, int dh, int dw, int Ho, int Wo) {
@@ -39,7 +37,8 @@ __device__ __forceinline__ int tap_output(int p, int t, int pad, int d, int s, i
 // One thread: gx[n, c, h, w] = the sum of the column entries im2col copied from pixel (h, w), i.e.
 // over the taps (i, j) with (h + ph - i*dh) a multiple of sh giving an output row in [0, Ho)
 // (columns alike). Gathering per input pixel instead of scattering per column needs no atomics.
-// Bytes per output element: reads at most kh*kw reals, writes 1.
+// Launch: 1-D, grid_1d(n), n = N*C*H*W. Bytes per output element: reads at most kh*kw reals,
+// writes 1.
 extern "C" __global__ void col2im(const real* __restrict__ cols, real* __restrict__ gx, int N,
                                   int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
                                   int pw, int dh, int dw, int Ho, int Wo) {
@@ -62,7 +61,8 @@ extern "C" __global__ void col2im(const real* __restrict__ cols, real* __restric
 
 // Depthwise conv with channel multiplier m: output channel co = c*m + k reads input channel c only,
 // weights w (C*m, 1, kh, kw). One thread: y[n, co, ho, wo] = sum over taps of x * w.
-// Bytes per output element: reads at most kh*kw x values and kh*kw weights (cached), writes 1.
+// Launch: 1-D, grid_1d(n), n = N*C*m*Ho*Wo. Bytes per output element: reads at most kh*kw x values
+// and kh*kw weights (cached), writes 1.
 extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
                                              const real* __restrict__ wt, real* __restrict__ y,
                                              int m, int N, int C, int H, int W, int kh, int kw,
@@ -90,8 +90,9 @@ extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
 
 // One thread: gx[n, c, h, w] = sum over the m output channels c*m + k and over the taps (i, j)
 // whose output pixel ((h + ph - i*dh) / sh, (w + pw - j*dw) / sw) exists, of gy * w (a gather:
-// no atomics). Bytes per output element: reads at most m*kh*kw gy values and as many weights,
-// writes 1.
+// no atomics).
+// Launch: 1-D, grid_1d(n), n = N*C*H*W. Bytes per output element: reads at most m*kh*kw gy values
+// and as many weights, writes 1.
 extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
                                                     const real* __restrict__ wt,
                                                     real* __restrict__ gx, int m, int N, int C,
@@ -121,9 +122,9 @@ extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
 // One block: gw[co, 0, i, j] = sum over n, ho, wo of gy[n, co, ho, wo] * x[n, co / m, h, w] for
 // one (output channel, tap) pair b = co*kh*kw + i*kw + j (a grid-stride loop over the C*m*kh*kw
 // pairs). Thread t sums the positions t, t + BLOCK, ... of the N*Ho*Wo outputs (neighbouring
-// threads read neighbouring gy), then the block adds the BLOCK partial sums in a shared-memory tree.
-// No atomics; the order of every addition is fixed, so the result is deterministic.
-// Launch: grid min(C*m*kh*kw, 4096), block BLOCK.
+// threads read neighbouring gy), then block_tree_sum adds the block's partial sums in a fixed
+// order: no atomics, the result is deterministic.
+// Launch: grid min(C*m*kh*kw, MAX_GRID), block BLOCK.
 // Bytes per output element: reads N*Ho*Wo gy and as many x values, writes 1 real.
 extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
                                                      const real* __restrict__ gy,

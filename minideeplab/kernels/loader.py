@@ -23,10 +23,10 @@ _REALS = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "unsigned int": np.uint32,
             "long long": np.int64, "unsigned long long": np.uint64, "unsigned char": np.uint8}
 
-# The kernels index in 32-bit int (a GPU emulates 64-bit division and modulo in software, many
-# times slower). A grid-stride loop adds gridDim.x * blockDim.x, at most MAX_GRID blocks (grid_1d)
-# of 1024 threads, to an index below an array's size: arrays of at most MAX_ELEMENTS elements keep
-# that sum, and so every index, inside an int.
+# The kernels index in 32-bit int (ARCHITECTURE.md s. 5). A grid-stride loop adds
+# gridDim.x * blockDim.x, at most MAX_GRID blocks (grid_1d) of 1024 threads, to an index below an
+# array's size: arrays of at most MAX_ELEMENTS elements keep that sum, and so every index, inside
+# an int.
 MAX_ELEMENTS = 2**31 - 1 - MAX_GRID * 1024
 
 # ctype: the C type as the wrapper spells it ("const real*"); dtype: the NumPy type it takes.
@@ -167,10 +167,9 @@ def _param(filename, kernel, text, real):
     return Param(m[4], f"{m[1] or ''}{base}{m[3]}", dtype, bool(m[3]), bool(m[1]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _int_range(dtype):
-    """np.iinfo, built once per type: constructing it for every integer argument of every launch
-    was a tenth of the launch path's host time on the GPU (cProfile, 3000 calls a step)."""
+    """np.iinfo, built once per type rather than for every integer argument of every launch."""
     return np.iinfo(dtype)
 
 

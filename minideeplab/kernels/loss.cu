@@ -1,12 +1,11 @@
-// Per-pixel softmax cross-entropy of (N, C, HW) logits (ARCHITECTURE.md s. 5 and 8).
-// Indices are 32-bit int: each pixel's position is a division by HW, which in 64 bits a GPU
-// emulates in software, many times slower; the loader refuses arrays too large for int.
+// Per-pixel softmax cross-entropy of (N, C, HW) logits and its gradient (ARCHITECTURE.md s. 5
+// and 8), grid-stride loops launched 1-D as grid_1d(n) blocks of BLOCK threads.
 
 // One thread: pixels p, p + stride, ... (grid-stride) of the N HW pixels; for pixel p = (n, s) it
 // reads the C logits x[n, :, s] (stride HW: neighbouring threads read neighbouring addresses),
 // writes the softmax prob[n, :, s] (saved for the backward) and loss[p] = log(sum exp(x - max))
 // - (x[label] - max), max-subtracted so no exp overflows; loss[p] = 0 where label < 0 (ignored).
-// Launch: 1-D, grid_1d(N HW) blocks of BLOCK.
+// Launch: 1-D, grid_1d(N HW) blocks of BLOCK threads.
 // Bytes per output (pixel): reads 3 C reals and 1 int, writes C + 1 reals.
 extern "C" __global__ void softmax_xent_forward(const real* __restrict__ x,
                                                 const int* __restrict__ labels,
@@ -32,8 +31,8 @@ extern "C" __global__ void softmax_xent_forward(const real* __restrict__ x,
 // One thread: elements i, i + stride, ... (grid-stride) of gx (N, C, HW):
 // gx = (prob - [c == label]) * scale[0] for counted pixels, 0 for ignored ones (label < 0);
 // scale = upstream gradient / number of counted pixels, kept on the device (no host sync).
-// Launch: 1-D, grid_1d(N C HW) blocks of BLOCK. Bytes per output element: reads 1 real + 1 int,
-// writes 1 real.
+// Launch: 1-D, grid_1d(N C HW) blocks of BLOCK threads. Bytes per output element: reads 1 real and
+// 1 int, writes 1 real.
 extern "C" __global__ void softmax_xent_backward(const real* __restrict__ prob,
                                                  const int* __restrict__ labels,
                                                  const real* __restrict__ scale,

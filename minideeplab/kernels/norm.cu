@@ -4,8 +4,8 @@
 // one-block-per-channel tree reduction, two sums. The per-channel arithmetic between them (mean,
 // variance, running statistics, 1 / std; the backward's coefficients) is one launch each,
 // bn_statistics and bn_backward_coefficients, rather than a dozen array operations of C values.
-// Indices are 32-bit int: every element's channel is a division by L, which in 64 bits a GPU
-// emulates in software, many times slower; the loader refuses arrays too large for int.
+// Launch: one block of BLOCK threads per channel for bn_moments, 1-D grid-stride loops
+// (grid_1d(n) blocks of BLOCK threads) for the others.
 
 #include "block_reduce.cuh"
 
@@ -14,8 +14,9 @@
 // count = M, g = x, centre_g = 1 -> m = the first-pass mean, s1 = the sum of the deviations, s2
 // = the sum of their squares (two-pass variance, no cancellation). Backward: centre = the mean,
 // count = 1, g = gy, centre_g = 0 -> s1 = dbeta, s2 = sum(gy * (x - mean)). Thread t takes
-// elements j = t, t + BLOCK, ... (neighbouring threads read neighbouring addresses); the block adds
-// its partial sums in a fixed-order tree, so the result is deterministic. out = (s1, s2): (2, C).
+// elements j = t, t + BLOCK, ... (neighbouring threads read neighbouring addresses); block_tree_sum
+// adds the block's partial sums of each in a fixed order, so the result is deterministic.
+// out = (s1, s2): (2, C).
 // Launch: grid C, block BLOCK. Bytes per output element: reads 2 N L reals, writes 2.
 extern "C" __global__ void bn_moments(const real* x, const real* centre, real count,
                                       const real* g, int centre_g, real* out, int N, int C,
@@ -47,7 +48,7 @@ extern "C" __global__ void bn_moments(const real* x, const real* centre, real co
 // place towards mean and the unbiased var * M / (M - 1): r = (1 - momentum) r + momentum stat.
 // Eval (training = 0): mean and var are the running statistics, left as they are; sum and moments
 // are not read (any arrays may stand in).
-// Launch: 1-D, grid_1d(C) blocks of BLOCK. Bytes per channel: reads 6 reals and writes 5
+// Launch: 1-D, grid_1d(C) blocks of BLOCK threads. Bytes per channel: reads 6 reals and writes 5
 // (training), reads 3 and writes 3 (eval).
 extern "C" __global__ void bn_statistics(const real* sum, const real* moments, const real* gamma,
                                          real* running_mean, real* running_var, real* stats,
@@ -72,7 +73,8 @@ extern "C" __global__ void bn_statistics(const real* sum, const real* moments, c
 
 // One thread: elements i, i + stride, ... (grid-stride) of y = (x - mean[c]) * scale[c] + beta[c],
 // scale = gamma / sqrt(var + eps); (x - mean) first, so a large mean does not round y away.
-// Launch: 1-D, grid_1d(n) blocks of BLOCK. Bytes per output element: reads 1 real, writes 1.
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 1 real,
+// writes 1.
 extern "C" __global__ void bn_forward(const real* x, const real* mean, const real* scale,
                                       const real* beta, real* y, int C, int L, int n) {
   const int stride = gridDim.x * blockDim.x;
@@ -87,7 +89,7 @@ extern "C" __global__ void bn_forward(const real* x, const real* mean, const rea
 // dgamma = sum(gy * (x - mean)) * invstd, a = gamma * invstd; training: k1 = dbeta / M,
 // k2 = invstd * dgamma / M (the batch statistics depend on x); eval (training = 0): k1 = k2 = 0
 // (the statistics are constants: bn_backward_dx then gives dx = a * gy).
-// Launch: 1-D, grid_1d(C) blocks of BLOCK. Bytes per channel: reads 4 reals, writes 4.
+// Launch: 1-D, grid_1d(C) blocks of BLOCK threads. Bytes per channel: reads 4 reals, writes 4.
 extern "C" __global__ void bn_backward_coefficients(const real* moments, const real* gamma,
                                                     const real* invstd, real* coef, int C, int M,
                                                     int training) {
@@ -104,7 +106,8 @@ extern "C" __global__ void bn_backward_coefficients(const real* moments, const r
 // One thread: elements i, i + stride, ... (grid-stride) of
 // dx = a[c] * (gy - k1[c] - (x - mean[c]) * k2[c]), a = gamma * invstd, k1 = dbeta / M,
 // k2 = invstd^2 * sum(gy * (x - mean)) / M (training; k1 = k2 = 0 in eval).
-// Launch: 1-D, grid_1d(n) blocks of BLOCK. Bytes per output element: reads 2 reals, writes 1.
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 2 reals,
+// writes 1.
 extern "C" __global__ void bn_backward_dx(const real* x, const real* gy, const real* mean,
                                           const real* a, const real* k1, const real* k2, real* dx,
                                           int C, int L, int n) {

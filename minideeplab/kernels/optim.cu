@@ -1,5 +1,6 @@
 // SGD with momentum and weight decay (optim.py, ARCHITECTURE.md s. 8): the whole update of one
 // parameter in one launch, where the array-at-a-time form costs up to six launches per parameter.
+
 // One thread: elements i, i + stride, ... (grid-stride, stride = gridDim.x * blockDim.x) of
 //   d = g + weight_decay * p;
 //   momentum != 0: buf = momentum * buf + d, then d = buf, or d + momentum * buf (nesterov != 0);
@@ -9,10 +10,8 @@
 // multiply and an add into one FMA, rounding once where NumPy rounds twice. With momentum = 0 buf
 // is neither read nor written (the caller passes any writable array of n reals: it has no buffer
 // then).
-// Launch: 1-D, grid_1d(n) blocks of BLOCK threads (kernels/__init__.py). Bytes per element: reads 2
-// reals (p, g) and writes 1 without momentum; reads 3 and writes 2 with it.
-// Indices and sizes are 32-bit int, as in every kernel (kernels/loader.py guards the sizes).
-
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per element: reads 2 reals (p, g) and
+// writes 1 without momentum; reads 3 and writes 2 with it.
 extern "C" __global__ void sgd_update(real* __restrict__ p, const real* __restrict__ g,
                                       real* __restrict__ buf, real lr, real momentum,
                                       real weight_decay, int nesterov, int n) {

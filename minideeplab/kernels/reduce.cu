@@ -1,16 +1,13 @@
-// Per-channel sum over N, H, W of a contiguous NCHW array: out[c] = sum_{n,h,w} x[n, c, h, w]
-// (BatchNorm's statistics and its backward, ARCHITECTURE.md s. 5).
-// One block per channel c. Thread t adds up the elements j = t, t + BLOCK, ... of the channel's N*HW
-// values (j -> x[(j / HW) * C * HW + c * HW + j % HW], so neighbouring threads read neighbouring
-// addresses), then the block adds its BLOCK partial sums in a shared-memory tree. The order of every
-// addition is fixed, so the result is deterministic (no atomics).
-// Indices are 32-bit int: the j / HW of every element would cost many times more in 64 bits,
-// which a GPU emulates in software; the loader refuses arrays too large for int.
-// Launch: grid C, block BLOCK.
-// Bytes per output element: reads N*H*W reals, writes 1 real.
+// Per-channel sum over N, H, W of a contiguous NCHW array (BatchNorm's statistics and its
+// backward, global average pooling; ARCHITECTURE.md s. 5), one block per channel.
 
 #include "block_reduce.cuh"
 
+// One block per channel c: out[c] = sum_{n,h,w} x[n, c, h, w]. Thread t adds up the elements
+// j = t, t + BLOCK, ... of the channel's N*HW values (j -> x[(j / HW) * C * HW + c * HW + j % HW],
+// so neighbouring threads read neighbouring addresses), then block_tree_sum adds the block's
+// partial sums in a fixed order: no atomics, the result is deterministic.
+// Launch: grid C, block BLOCK. Bytes per output element: reads N*H*W reals, writes 1 real.
 extern "C" __global__ void channel_sum(const real* __restrict__ x, real* __restrict__ out, int N,
                                        int C, int HW) {
   __shared__ real partial[BLOCK];

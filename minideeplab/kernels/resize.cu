@@ -1,12 +1,11 @@
-// Bilinear resize of contiguous (N, C, H, W) arrays (ARCHITECTURE.md s. 5 and 7). The index arithmetic of
-// align_corners lives on the host (functional/resize.py) in per-axis tables, so both devices and
-// the NumPy path share one definition of which inputs an output reads.
-// Indices are 32-bit int: each element's row and column take a division and a modulo, which a
-// GPU emulates in software in 64 bits, many times slower; the loader refuses arrays too large.
+// Bilinear resize of contiguous (N, C, H, W) arrays (ARCHITECTURE.md s. 5 and 7), forward and
+// backward, grid-stride loops launched 1-D as grid_1d(n) blocks of BLOCK threads. The index
+// arithmetic of align_corners lives on the host (functional/resize.py) in per-axis tables, so both
+// devices and the NumPy path share one definition of which inputs an output reads.
 
 // One thread: outputs i, i + stride, ... (grid-stride) of y (N, C, Ho, Wo); output (oy, ox) mixes
 // rows y0[oy], y1[oy] (weight wy[oy] on y1) and columns x0[ox], x1[ox] (weight wx[ox] on x1).
-// Launch: 1-D, grid_1d(n) blocks of BLOCK, n = N C Ho Wo.
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads, n = N C Ho Wo.
 // Bytes per output element: reads 4 reals (+ table entries, cached), writes 1 real.
 extern "C" __global__ void resize_bilinear_forward(const real* __restrict__ x,
                                                    const int* __restrict__ y0,
@@ -32,7 +31,7 @@ extern "C" __global__ void resize_bilinear_forward(const real* __restrict__ x,
 // adds up every output that read it, gx = sum_a sum_b hw[a] * ww[b] * gy[n, c, hidx[a], widx[b]]
 // over a in hoff[iy] .. hoff[iy + 1] - 1 (the output rows that read row iy, with their weights)
 // and b likewise for columns. Grid-stride over the input elements.
-// Launch: 1-D, grid_1d(n) blocks of BLOCK, n = N C H W.
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads, n = N C H W.
 // Bytes per output (= input-gradient) element: reads (Ho/H) (Wo/W) x 4 reals on average (each
 // gy element is read by at most 4 threads), writes 1 real.
 extern "C" __global__ void resize_bilinear_backward(const real* __restrict__ gy,
