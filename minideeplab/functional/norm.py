@@ -68,7 +68,6 @@ class BatchNorm(Function):
         return y.reshape(x.shape)
 
     def forward_kernel(self, x, gamma, beta):
-        """channel_sum, bn_moments, bn_statistics, bn_forward (eval: the last two)."""
         if any(a.dtype != x.dtype for a in [gamma, beta] + self.running):
             raise ValueError(f"batch_norm on {self.dev}: gamma, beta, running_mean and running_var "
                              f"must have x's dtype {x.dtype} (the kernels take one real type); "
@@ -118,8 +117,6 @@ class BatchNorm(Function):
         return dx.reshape(gy.shape), dgamma, dbeta
 
     def backward_kernel(self, gy):
-        """bn_moments, bn_backward_coefficients, bn_backward_dx; dgamma and dbeta are views of
-        the coefficient and moment arrays (no copies)."""
         dev, gy3, (C, L) = self.dev, self._rows(gy), self.x3.shape[1:]
         moments = self._moments(self.x3, self.mean, 1, gy3, False)  # dbeta, sum(gy * (x - mean))
         coef = dev.xp.empty((4, C), dtype=gy3.dtype)  # dgamma, a, k1, k2
@@ -129,7 +126,7 @@ class BatchNorm(Function):
         dx = dev.xp.empty_like(gy3)
         launch(dev, "norm", "bn_backward_dx",
                (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size), n=dx.size)
-        return dx.reshape(gy.shape), dgamma, moments[0]
+        return dx.reshape(gy.shape), dgamma, moments[0]  # views of coef and moments: no copies
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
