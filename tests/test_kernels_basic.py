@@ -1,7 +1,7 @@
 """ReLU and the per-channel sum on every device against independent NumPy references
 (ARCHITECTURE.md s. 10: shapes that are not multiples of the block size, batch 1, a 1x1 map), the
-refusal of arrays too large for the kernels' 32-bit indices, ``loader.kernel_source`` and the comment
-that every kernel starts with (ARCHITECTURE.md s. 5)."""
+refusal of arrays too large for the kernels' 32-bit indices, ``loader.kernel_source`` and the
+comment that every kernel starts with (ARCHITECTURE.md s. 5)."""
 import re
 
 import numpy as np
@@ -85,12 +85,16 @@ def test_kernel_source_is_the_kernel_with_its_comment(tmp_path):
     assert loader.kernel_source(str(path), "twice") == "\n".join(TINY.split("\n")[3:11])
     assert loader.kernel_source(str(path), "zero") == (
         'extern "C" __global__ void zero(real* y) { y[0] = 0; }')
-    with pytest.raises(ValueError, match=r"kernel family '.*tiny.cu' \(tiny.cu\) has no kernel "
-                                         r"'hidden'; it has \['twice', 'zero'\]"):
+    with pytest.raises(ValueError, match=r"kernel family '.*tiny.cu' \(tiny.cu\) has no kernel or "
+                                         r"helper 'hidden'; it has \['twice', 'zero'\]"):
         loader.kernel_source(str(path), "hidden")
-    with pytest.raises(ValueError, match=r"'conv' \(conv.cu\) has no kernel 'relu_forward'; "
-                                         r"it has \['col2im', "):
+    with pytest.raises(ValueError, match=r"'conv' \(conv.cu\) has no kernel or helper "
+                                         r"'relu_forward'; it has \['block_tree_sum', 'col2im', "):
         loader.kernel_source("conv", "relu_forward")
+    # A helper of an included header: the lines of block_reduce.cuh from its comment to its end.
+    helper = (loader.KERNEL_DIR / "block_reduce.cuh").read_text().split("\n")
+    start = next(i for i, line in enumerate(helper) if line.startswith("// The sum of v"))
+    assert loader.kernel_source("reduce", "block_tree_sum") == "\n".join(helper[start:]).rstrip()
 
 
 @pytest.mark.parametrize("family", sorted(p.stem for p in loader.KERNEL_DIR.glob("*.cu")))

@@ -39,7 +39,7 @@ _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]
 _PARAM = re.compile(r"^(const\s+)?([a-z ]+?)\s*(\*?)\s*(?:const\s+)?(\w+)$")
 _HELPER = re.compile(r"__device__\s[^;{}()]*?(\w+)\s*\([^)]*\)\s*\{")  # a __device__ function
 _CALL = re.compile(r"\b(\w+)\s*\(")
-_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 
 
 def real_name(dtype):
@@ -78,11 +78,11 @@ def read_headers(path, text):
 
     def visit(file, text):
         for name in _INCLUDE.findall(strip_comments(text)):
-            header = next((d / name for d in (file.parent, *include_dirs(path))
-                           if (d / name).is_file()), None)
-            if header is not None and header.resolve() not in found:
-                found[header.resolve()] = header.read_text()
-                visit(header.resolve(), found[header.resolve()])
+            places = [d / name for d in (file.parent, *include_dirs(path)) if (d / name).is_file()]
+            header = places[0].resolve() if places else None
+            if header is not None and header not in found:
+                found[header] = header.read_text()
+                visit(header, found[header])
 
     visit(path, text)
     return found
@@ -112,21 +112,26 @@ def parse(source, real, filename="<source>", headers=()):
 
 
 def kernel_source(family, name):
-    """Kernel ``name`` as it stands in ``kernels/<family>.cu`` (or a ``.cu`` path), for the lessons
-    to print: the ``//`` lines right above its signature, the signature and its body."""
+    """Kernel ``name`` of ``kernels/<family>.cu`` (or a ``.cu`` path), or a ``__device__`` helper
+    of the file or a header it includes, as it stands there, for the lessons to print: the ``//``
+    lines right above its signature, the signature and its body."""
     path = source_path(family)
     text = path.read_text()
-    code = strip_comments(text)
-    found = {m[1]: m for m in _KERNEL.finditer(code)}
-    if name not in found:
-        raise ValueError(f"kernel family {str(family)!r} ({path.name}) has no kernel {name!r}; "
-                         f"it has {sorted(found)}")
-    m, lines = found[name], text.split("\n")
-    first = code.count("\n", 0, m.start())
-    last = code.count("\n", 0, _body_end(code, m, path.name) - 1)
-    while first > 0 and lines[first - 1].lstrip().startswith("//"):
-        first -= 1
-    return "\n".join(lines[first:last + 1])
+    names = []
+    for source in (text, *read_headers(path, text).values()):
+        code = strip_comments(source)
+        for m in [*_KERNEL.finditer(code), *_HELPER.finditer(code)]:
+            names.append(m[1])
+            if m[1] != name:
+                continue
+            lines = source.split("\n")
+            first = code.count("\n", 0, m.start())
+            last = code.count("\n", 0, _body_end(code, m, path.name) - 1)
+            while first > 0 and lines[first - 1].lstrip().startswith("//"):
+                first -= 1
+            return "\n".join(lines[first:last + 1])
+    raise ValueError(f"kernel family {str(family)!r} ({path.name}) has no kernel or helper "
+                     f"{name!r}; it has {sorted(names)}")
 
 
 def _body_end(code, m, filename):
