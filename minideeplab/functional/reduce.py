@@ -1,4 +1,5 @@
-"""Per-channel sums over N, H and W: the reduction behind BatchNorm's statistics (ARCHITECTURE.md s. 5)."""
+"""Per-channel sums over N, H and W: the reduction behind BatchNorm's statistics
+(ARCHITECTURE.md s. 5)."""
 from ..device import get_device
 from ..function import Op
 from ..kernels import launch
