@@ -24,7 +24,8 @@ import minideeplab.functional as F  # noqa: E402
 from benchmarks.common import conv_flops, cpu_ms, gpu_available, gpu_ms, nbytes, report  # noqa: E402
 
 # name -> (C, H, W, Cout, k, rate, groups) at batch 8, 513x513 crop
-CASES = {f"depthwise 3x3 728ch 33x33 rate {r}": (728, 33, 33, 728, 3, r, 728) for r in (1, 6, 12, 18)}
+CASES = {f"depthwise 3x3 728ch 33x33 rate {r}": (728, 33, 33, 728, 3, r, 728)
+         for r in (1, 6, 12, 18)}
 CASES["pointwise 728->728 129x129"] = (728, 129, 129, 728, 1, 1, 1)
 CASES["pointwise 256->256 129x129"] = (256, 129, 129, 256, 1, 1, 1)
 

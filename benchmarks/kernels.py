@@ -296,7 +296,7 @@ def run_ours(case, device, repeat, peak_bw):
                 key = (phase, call.kernel)
                 if key in case.rows:  # one kernel launched twice in a phase: a second row
                     key = (phase, f"{call.kernel} #2")
-                case.rows[key] = report(f"  {call.kernel}", time_fn(lambda: log.replay(call)),
+                case.rows[key] = report(f"  {call.kernel}", time_fn(lambda c=call: log.replay(c)),
                                         *case.moves[phase, call.kernel], peak_gbps=peak_bw)
             # The bytes model's verdict on the design: the op's kernels together move this much,
             # so even at copy speed each, the op reaches at most must / moved of the copy rate

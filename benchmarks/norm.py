@@ -1,5 +1,6 @@
-"""Batch-norm benchmark at DeepLab shapes (batch 8 at 513x513, ARCHITECTURE.md s. 11): 256 channels at
-129x129 (decoder, output stride 4) and 728 at 33x33 (Xception middle flow, output stride 16).
+"""Batch-norm benchmark at DeepLab shapes (batch 8 at 513x513, ARCHITECTURE.md s. 11): 256
+channels at 129x129 (decoder, output stride 4) and 728 at 33x33 (Xception middle flow, output
+stride 16).
 
 Training forward (statistics, running-stat update, normalisation), backward (dgamma, dbeta, dx)
 and eval forward. The NumPy path is timed on the CPU (perf_counter medians) after a check against

@@ -1,4 +1,5 @@
-"""Numerical gradient check: float64 central differences against ``backward()`` (ARCHITECTURE.md s. 10).
+"""Numerical gradient check: float64 central differences against ``backward()``
+(ARCHITECTURE.md s. 10).
 
 With a random upstream gradient ``gy`` the scalar ``L(x) = sum(fn(x) * gy)`` has gradient
 ``backward(gy)``. The ``elementwise`` mode perturbs every input element (small inputs); the

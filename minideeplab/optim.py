@@ -1,4 +1,5 @@
-"""SGD with momentum and weight decay, and the "poly" schedule (paper Sec. 4; ARCHITECTURE.md s. 8)."""
+"""SGD with momentum and weight decay, and the "poly" schedule (paper Sec. 4; ARCHITECTURE.md
+s. 8)."""
 import numpy as np
 
 from .device import get_device

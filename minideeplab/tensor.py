@@ -144,7 +144,8 @@ class Tensor:
 
 
 def as_tensor(x, device, like=None):
-    """``x`` as a Tensor on ``device``; Python numbers take ``like``'s dtype (x + 1 keeps float32)."""
+    """``x`` as a Tensor on ``device``; Python numbers take ``like``'s dtype (x + 1 stays
+    float32)."""
     if isinstance(x, Tensor):
         return x
     if np.isscalar(x) and like is not None:

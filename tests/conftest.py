@@ -1,4 +1,5 @@
-"""Shared test settings: the device parameter and the one table of tolerances (ARCHITECTURE.md s. 10)."""
+"""Shared test settings: the device parameter and the one table of tolerances (ARCHITECTURE.md
+s. 10)."""
 import os
 
 import numpy as np

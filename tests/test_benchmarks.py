@@ -1,4 +1,5 @@
-"""The benchmarks run, in --quick mode, so they cannot rot (ARCHITECTURE.md s. 11); without PyTorch."""
+"""The benchmarks run, in --quick mode, so they cannot rot (ARCHITECTURE.md s. 11); without
+PyTorch."""
 import json
 
 import numpy as np

@@ -1,5 +1,6 @@
 """Convolutions against independent references: naive loops, SciPy on a zero-inserted kernel, and
-cross-op identities (ARCHITECTURE.md s. 10). Shapes stay tiny: the emu device runs every kernel on the CPU."""
+cross-op identities (ARCHITECTURE.md s. 10). Shapes stay tiny: the emu device runs every kernel on
+the CPU."""
 import numpy as np
 import pytest
 import scipy.signal
@@ -141,7 +142,7 @@ def test_output_size_arithmetic_of_the_paper_crop():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_by_one_feature_map(dtype, device):
-    """A 1x1 map (image pooling branch, tiny inputs): a padded 3x3 conv reads only its centre tap."""
+    """A 1x1 map (image pooling, tiny inputs): a padded 3x3 conv reads its centre tap only."""
     x, w = rng.standard_normal((2, 3, 1, 1)).astype(dtype), rng.standard_normal((4, 3, 3, 3))
     w = w.astype(dtype)
     y = run(device, x, w, padding=6, dilation=6)

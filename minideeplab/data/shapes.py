@@ -1,4 +1,5 @@
-"""The embedded default dataset: overlapping labelled shapes generated from a seed (ARCHITECTURE.md s. 8).
+"""The embedded default dataset: overlapping labelled shapes generated from a seed
+(ARCHITECTURE.md s. 8).
 
 An item is ``(image, label)``: image uint8 (S, S, 3) RGB like a decoded JPEG; label uint8 (S, S)
 in 0..5 (``CLASSES``) with 255 on a 2-px band along every boundary between labels, as in VOC.

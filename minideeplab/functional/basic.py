@@ -13,7 +13,8 @@ def sum_to(xp, g, shape):
     if g.shape == tuple(shape):
         return g
     lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and g.shape[i + lead] != 1)
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape)
+                                      if s == 1 and g.shape[i + lead] != 1)
     g = g.sum(axis=axes, keepdims=True)
     return g.reshape(shape) if lead else g
 
@@ -183,7 +184,8 @@ class Sum(Function):
             if any(not -x.ndim <= int(a) < x.ndim for a in axes):
                 raise IndexError
         except (IndexError, ZeroDivisionError):
-            raise ValueError(f"sum/mean: axis {self.axis} out of range for shape {x.shape}") from None
+            raise ValueError(f"sum/mean: axis {self.axis} out of range for shape "
+                             f"{x.shape}") from None
         self.count = int(np.prod([x.shape[a] for a in self.axes]))
         return self.scale(x.sum(axis=self.axes, keepdims=self.keepdims))
 

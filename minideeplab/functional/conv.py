@@ -1,4 +1,4 @@
-"""Convolutions: dense, strided, atrous (dilated), grouped, depthwise and pointwise (paper Sec. 3.1).
+"""Convolutions: dense, strided, atrous (dilated), grouped, depthwise, pointwise (paper Sec. 3.1).
 
 Two ops: ``DepthwiseConv2d`` for depthwise convs and ``Conv2d`` for all others; ``conv2d`` picks
 one from the geometry, and the named wrappers below are what the models read. Each has two paths
@@ -318,7 +318,7 @@ def atrous_conv2d(x, w, b=None, rate=1, stride=1, groups=1):
 
 
 def depthwise_conv2d(x, w, b=None, rate=1, stride=1):
-    """Depthwise atrous conv (Fig. 3 a, c): w (C * multiplier, 1, kh, kw), one filter per channel."""
+    """Depthwise atrous conv (Fig. 3 a, c): w (C * multiplier, 1, kh, kw), a filter per channel."""
     return atrous_conv2d(x, w, b, rate, stride, groups=x.shape[1])
 
 
@@ -329,5 +329,6 @@ def pointwise_conv2d(x, w, b=None):
 
 def separable_conv2d(x, w_depthwise, w_pointwise, rate=1, stride=1):
     """Atrous separable convolution (Fig. 3): depthwise with rate r, then pointwise. The modified
-    Xception puts BN + ReLU between the two (ARCHITECTURE.md s. 7); the models compose that themselves."""
+    Xception puts BN + ReLU between the two (ARCHITECTURE.md s. 7); the models compose that
+    themselves."""
     return pointwise_conv2d(depthwise_conv2d(x, w_depthwise, rate=rate, stride=stride), w_pointwise)

@@ -1,9 +1,9 @@
 """Bilinear resize (PyTorch's ``align_corners`` semantics) and global average pooling.
 
-DeepLab upsamples with ``align_corners=True`` everywhere (ARCHITECTURE.md s. 7), so 33 -> 129 -> 513 line
-up; global average pooling is ASPP's image-pooling branch. Bilinear resize is separable: each
-output row (column) mixes two input rows (columns), so the NumPy path is one matmul per axis with
-an interpolation matrix, and the backward applies the transposed matrices.
+DeepLab upsamples with ``align_corners=True`` everywhere (ARCHITECTURE.md s. 7), so 33 -> 129 ->
+513 line up; global average pooling is ASPP's image-pooling branch. Bilinear resize is separable:
+each output row (column) mixes two input rows (columns), so the NumPy path is one matmul per axis
+with an interpolation matrix, and the backward applies the transposed matrices.
 """
 import functools
 
@@ -124,5 +124,6 @@ def resize_bilinear(x, size, align_corners=True):
 
 
 def global_avg_pool(x):
-    """Mean over H and W of NCHW ``x``, shape (N, C, 1, 1) (ASPP image pooling, ARCHITECTURE.md s. 7)."""
+    """Mean over H and W of NCHW ``x``, shape (N, C, 1, 1): ASPP's image pooling (ARCHITECTURE.md
+    s. 7)."""
     return GlobalAvgPool()(x)
