@@ -217,11 +217,11 @@ class Conv2d(_Conv):
 
 # -- depthwise -------------------------------------------------------------------------------
 # The NumPy path works channels-last: every tap is then a multiply-add whose innermost loop runs
-# over channels (and whole rows), not over a handful of output columns, which is ~1.5-2x faster in
-# NumPy on DeepLab's small feature maps; the transposes cost less than that. A few images at a time
-# keep the working set in cache (one image at the paper's sizes); on small maps, several images per
-# NumPy call save the per-call overhead that dominates there: the default preset's depthwise
-# convs, forward + backward, 55 -> 38 ms a step (1 MiB = one core's L2 on the machine measured).
+# over channels (and whole rows), not over a handful of output columns; on DeepLab's small feature
+# maps that saves more than the transposes cost. A few images at a time keep the working set in
+# cache (one image at the paper's sizes); on small maps, several images per NumPy call save the
+# per-call overhead that dominates there (benchmarks/README.md has the figures). 1 MiB: one core's
+# L2 cache on a typical x86 server.
 CHUNK_BYTES = 1 << 20
 
 
@@ -232,8 +232,8 @@ def _image_chunks(g, itemsize):
 
 
 def _channels_last(a):
-    """(N, C, H, W) -> contiguous (N, H, W, C), 64 channels at a time (a cache-blocked transpose,
-    ~1.5x faster than one strided copy)."""
+    """(N, C, H, W) -> contiguous (N, H, W, C), 64 channels at a time: a cache-blocked transpose,
+    which touches fewer cache lines than one strided copy."""
     out = np.empty((a.shape[0], *a.shape[2:], a.shape[1]), a.dtype)
     for n in range(a.shape[0]):
         for c in range(0, a.shape[1], 64):
