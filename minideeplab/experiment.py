@@ -6,8 +6,12 @@ was trained and is scored on (``data``: dataset name, sizes, seed), and how it i
 (``predict_probs``, ``evaluate``). The device, the datasets and the model are built here; the
 checkpoint that ties them together is written and read here.
 """
+import argparse
 import json
+import math
 import os
+import zipfile
+import zlib
 
 import numpy as np
 from tqdm import tqdm
@@ -21,6 +25,32 @@ from .flops import scale_dimension
 from .metrics import ConfusionMatrix
 from .models.deeplab import deeplabv3plus, model_config
 from .tensor import Tensor
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the flag, without the long usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def number(kind, low=None, high=None, above=None):
+    """An argparse ``type``: a finite ``kind`` (int or float) >= ``low`` (or > ``above``) and
+    <= ``high``; argparse names the flag in the error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        for ok, rule in ((low is None or value >= low, f">= {low}"),
+                         (above is None or value > above, f"> {above}"),
+                         (high is None or value <= high, f"<= {high}")):
+            if not ok:
+                raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
 def pick_device(name):
@@ -94,11 +124,27 @@ def evaluate(model, loader, num_classes, device, scales=(1.0,), flip=False, prog
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used; the message names the file and the reason."""
+
+
+def require_finite(arrays, what):
+    """CheckpointError("WHAT: N arrays hold NaN or inf (their names)") if any floating-point
+    array of ``arrays`` (name -> array) does."""
+    bad = sorted(k for k, v in arrays.items()
+                 if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"{what}: {len(bad)} arrays hold NaN or inf "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+
+
 def save_checkpoint(path, model, opt, meta):
     """One .npz: parameters and BN statistics, optimizer state, and ``meta`` (iteration, model
-    config, data, history) as JSON; written to a temporary file, then renamed (atomic)."""
+    config, data, history) as JSON; written to a temporary file, then renamed (atomic).
+    CheckpointError, writing nothing, if a parameter, BN statistic or momentum is not finite."""
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+    require_finite(arrays, f"not writing {path}")
     arrays["meta"] = np.array(json.dumps(meta))
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
@@ -108,18 +154,35 @@ def save_checkpoint(path, model, opt, meta):
 def load_checkpoint(path):
     """(model_state, optim_state, meta) from ``save_checkpoint``'s file; ``meta["config"]`` has
     every argument of ``deeplabv3plus`` and ``meta["data"]`` the dataset's, also for checkpoints
-    written before they were saved that way (config without defaults, data only in "args")."""
+    written before they were saved that way (config without defaults, data only in "args").
+    One error for every file that is missing, truncated, corrupt or incomplete:
+    CheckpointError("cannot read checkpoint PATH: reason")."""
+    def fail(reason):
+        return CheckpointError(f"cannot read checkpoint {path}: {reason}")
+
     try:
-        with np.load(path) as z:
+        with np.load(path) as z:  # an .npy file loads as an array: no context manager
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+        meta = json.loads(str(data["meta"])) if "meta" in data else None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, zipfile.BadZipFile,
+            zlib.error) as e:
+        raise fail(str(e) or type(e).__name__) from None
     split = lambda prefix: {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}  # noqa: E731
-    meta = json.loads(str(data["meta"]))
-    meta["config"] = model_config(**meta["config"])
-    if "data" not in meta:
-        args = meta["args"]
-        meta["data"] = dict(name=args["dataset"], data_root=args["data_root"],
-                            image_size=args["crop"], train_size=args["train_size"],
-                            val_size=args["val_size"], seed=args["seed"])
-    return split("model/"), split("optim/"), meta
+    model_state = split("model/")
+    if not model_state:
+        raise fail("it holds no model parameters")
+    if not isinstance(meta, dict):
+        raise fail("it holds no meta (iteration, config, history)")
+    missing = [k for k in ("iteration", "config", "history", "seconds") if k not in meta]
+    if missing:
+        raise fail(f"its meta lacks {', '.join(missing)}")
+    try:
+        meta["config"] = model_config(**meta["config"])
+        if "data" not in meta:
+            args = meta["args"]
+            meta["data"] = dict(name=args["dataset"], data_root=args["data_root"],
+                                image_size=args["crop"], train_size=args["train_size"],
+                                val_size=args["val_size"], seed=args["seed"])
+    except (KeyError, TypeError) as e:
+        raise fail(f"its meta does not describe a model and a dataset ({e})") from None
+    return model_state, split("optim/"), meta

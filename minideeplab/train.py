@@ -7,9 +7,15 @@ Every random choice of iteration ``it`` is seeded by (seed, it), so a run resume
 checkpoint ends with exactly the parameters of a run that never stopped.
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
+import shlex
+import signal
+import sys
+import threading
 import time
 
 import numpy as np
@@ -18,8 +24,9 @@ from tqdm import tqdm
 
 from . import functional as F
 from .data.transforms import MEAN, STD, Loader, TrainTransform
-from .experiment import (build_dataset, build_model, eval_loader, evaluate, load_checkpoint,
-                         pick_device, predict_probs, save_checkpoint)
+from .experiment import (ArgumentParser, CheckpointError, build_dataset, build_model, eval_loader,
+                         evaluate, load_checkpoint, number, pick_device, predict_probs,
+                         save_checkpoint)
 from .models.deeplab import model_config
 from .optim import SGD, poly_lr
 from .tensor import Tensor
@@ -40,18 +47,28 @@ PRESET = dict(backbone="xception65", width=0.25, middle_blocks=2, aspp_channels=
               train_size=4000, val_size=200)
 
 
+# Flags a resumed run must keep: the data order and augmentation (seed, sizes, batch, crop,
+# scales), the lr schedule (lr, iters) and the loss (weight decay) depend on them, and resuming
+# promises the parameters of a run that never stopped.
+RESUME_FIXED = ("dataset", "train_size", "val_size", "crop", "scale_range", "batch_size", "lr",
+                "weight_decay", "iters", "seed")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minideeplab.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m minideeplab.train", description=__doc__, allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
     p.add_argument("--dataset", default="shapes", choices=["shapes", "voc"])
     p.add_argument("--data-root", help="VOC2012 folder (JPEGImages/, SegmentationClass/, ...)")
     p.add_argument("--backbone", default=PRESET["backbone"], choices=["xception65", "resnet101"])
-    p.add_argument("--width", type=float, default=PRESET["width"], help="channel multiplier")
-    p.add_argument("--middle-blocks", type=int, default=PRESET["middle_blocks"])
-    p.add_argument("--aspp-channels", type=int, default=PRESET["aspp_channels"])
-    p.add_argument("--low-level-channels", type=int, default=PRESET["low_level_channels"])
-    p.add_argument("--bn-momentum", type=float, default=PRESET["bn_momentum"])
+    p.add_argument("--width", type=number(float, above=0), default=PRESET["width"],
+                   help="channel multiplier")
+    p.add_argument("--middle-blocks", type=number(int, 0), default=PRESET["middle_blocks"])
+    p.add_argument("--aspp-channels", type=number(int, 1), default=PRESET["aspp_channels"])
+    p.add_argument("--low-level-channels", type=number(int, 1),
+                   default=PRESET["low_level_channels"])
+    p.add_argument("--bn-momentum", type=number(float, above=0, high=1),
+                   default=PRESET["bn_momentum"])
     p.add_argument("--decoder", action=argparse.BooleanOptionalAction, default=True,
                    help="DeepLabv3+ (default), or DeepLabv3 with --no-decoder")
     p.add_argument("--separable-aspp", action=argparse.BooleanOptionalAction,
@@ -59,31 +76,145 @@ def parse_args(argv=None):
                    "and decoder (the paper's SC, Table 5) instead of dense ones")
     p.add_argument("--output-stride", type=int, default=PRESET["output_stride"],
                    choices=[8, 16, 32])
-    p.add_argument("--iters", type=int, default=PRESET["iters"])
-    p.add_argument("--batch-size", type=int, default=PRESET["batch_size"])
-    p.add_argument("--crop", type=int, default=PRESET["crop"])
-    p.add_argument("--scale-range", type=float, nargs=2, default=PRESET["scale_range"],
-                   metavar=("MIN", "MAX"), help="random scaling (the paper: 0.5 2.0; default: "
-                   "none on the shapes, whose objects already vary in size)")
-    p.add_argument("--lr", type=float, default=PRESET["lr"], help="base lr of the poly schedule")
-    p.add_argument("--weight-decay", type=float, default=PRESET["weight_decay"])
-    p.add_argument("--train-size", type=int, default=PRESET["train_size"], help="shapes images")
-    p.add_argument("--val-size", type=int, default=PRESET["val_size"])
-    p.add_argument("--val-every", type=int, default=500, help="iterations between validations")
-    p.add_argument("--out", default="runs/train", help="folder for checkpoint, metrics, figures")
+    p.add_argument("--iters", type=number(int, 1), default=PRESET["iters"])
+    p.add_argument("--batch-size", type=number(int, 2), default=PRESET["batch_size"],
+                   help="at least 2: batch norm after the image pooling (one value per image and "
+                   "channel) needs two values")
+    p.add_argument("--crop", type=number(int, 16), default=PRESET["crop"],
+                   help="training crop (and the shapes' image size), at least 16")
+    p.add_argument("--scale-range", type=number(float, above=0, high=4), nargs=2,
+                   default=PRESET["scale_range"], metavar=("MIN", "MAX"),
+                   help="random scaling (the paper: 0.5 2.0; default: none on the shapes, whose "
+                   "objects already vary in size)")
+    p.add_argument("--lr", type=number(float, above=0), default=PRESET["lr"],
+                   help="base lr of the poly schedule")
+    p.add_argument("--weight-decay", type=number(float, 0), default=PRESET["weight_decay"])
+    p.add_argument("--train-size", type=number(int, 1), default=PRESET["train_size"],
+                   help="shapes images")
+    p.add_argument("--val-size", type=number(int, 1), default=PRESET["val_size"])
+    p.add_argument("--val-every", type=number(int, 1), default=500,
+                   help="iterations between validations (each also writes the checkpoint)")
+    p.add_argument("--out", default="runs/train", help="folder for checkpoint, metrics, figures; "
+                   "one run at a time")
     p.add_argument("--resume", help="checkpoint .npz to continue from")
-    p.add_argument("--stop-after", type=int, help="stop after this many iterations, leaving a "
-                   "checkpoint to --resume from (the schedule still runs to --iters)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1: the step's "
-                   "GEMMs are small, and two busy-waiting BLAS threads slow training ~5x as soon "
-                   "as another process shares the cores)")
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that already holds a run's checkpoint")
+    p.add_argument("--stop-after", type=number(int, 1), help="stop after this many iterations, "
+                   "leaving a checkpoint to --resume from (the schedule still runs to --iters)")
+    p.add_argument("--seed", type=number(int, 0), default=0)
+    p.add_argument("--threads", type=number(int, 1), default=1, help="BLAS threads (default 1: "
+                   "the step's GEMMs are small, and two busy-waiting BLAS threads slow training "
+                   "~5x as soon as another process shares the cores)")
+    args = p.parse_args(argv)
+    if args.scale_range and args.scale_range[0] > args.scale_range[1]:
+        p.error(f"argument --scale-range: MIN {args.scale_range[0]} > MAX {args.scale_range[1]}")
+    if args.dataset == "shapes" and args.train_size < args.batch_size:
+        p.error(f"argument --train-size: {args.train_size} images make no batch of "
+                f"--batch-size {args.batch_size}")
+    return args
 
 
-def train(args):
+@contextlib.contextmanager
+def run_directory(args):
+    """Claim ``args.out`` for this run; yields its checkpoint path. Checked before any work: the
+    folder is writable, no other run holds its lock (two runs would write over each other's
+    files), and it holds no run's checkpoint unless that is the one resumed or --overwrite."""
+    ckpt = os.path.join(args.out, "checkpoint.npz")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        lock = open(os.path.join(args.out, "train.lock"), "w")
+    except OSError as e:
+        raise SystemExit(f"--out {args.out}: cannot write there ({e.strerror or e})") from None
+    with lock:
+        try:  # released by the OS however this process ends
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"--out {args.out}: another training run is writing there; wait "
+                             "for it to end or choose another --out") from None
+        resumed_here = args.resume and os.path.exists(args.resume) and \
+            os.path.exists(ckpt) and os.path.samefile(args.resume, ckpt)
+        if os.path.exists(ckpt) and not (resumed_here or args.overwrite):
+            raise SystemExit(f"--out {args.out} already holds a run ({ckpt}): continue it with "
+                             f"--resume {ckpt}, start over with --overwrite, or choose another "
+                             "--out")
+        yield ckpt
+
+
+def resume_command(argv, ckpt, drop=("--resume",)):
+    """The command that continues this run from ``ckpt``: ``argv`` without --overwrite and the
+    flags in ``drop`` (with their values), plus --resume ``ckpt``."""
+    kept, items = [], iter(argv)
+    for a in items:
+        if a in drop:
+            next(items, None)  # and its value
+        elif a != "--overwrite" and a.split("=")[0] not in drop:
+            kept.append(a)
+    return shlex.join(["python", "-m", "minideeplab.train", *kept, "--resume", ckpt])
+
+
+@contextlib.contextmanager
+def ctrl_c_flag():
+    """Yields a list that the first Ctrl-C appends to (the loop saves and stops at the end of
+    the iteration, so the checkpoint is exact); a second Ctrl-C interrupts at once."""
+    flag = []
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main one
+        yield flag
+        return
+
+    def first(signum, frame):
+        flag.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def resume(args, model, opt):
+    """Load ``args.resume`` into ``model`` and ``opt`` if it describes the same run; returns its
+    (iteration, history, seconds). SystemExit naming what differs otherwise."""
+    try:
+        model_state, optim_state, saved = load_checkpoint(args.resume)
+        if "lr" not in optim_state:
+            raise CheckpointError(f"cannot read checkpoint {args.resume}: it holds no optimizer "
+                                  "state")
+    except CheckpointError as e:
+        raise SystemExit(f"--resume: {e}") from None
+    config = model.config
+    changed = sorted(k for k in config if saved["config"][k] != config[k])
+    if changed:
+        raise SystemExit("--resume: the checkpoint's model differs in " + ", ".join(
+            f"{k} ({saved['config'][k]!r} there, {config[k]!r} here)" for k in changed))
+    started = saved.get("args", {})
+    flags = [k for k in RESUME_FIXED if k in started and started[k] != getattr(args, k)]
+    if flags:
+        flag = lambda k, v: f"--{k.replace('_', '-')} {v}"  # noqa: E731
+        raise SystemExit(
+            "--resume: the run was started with " + ", ".join(flag(k, started[k]) for k in flags)
+            + "; this command has " + ", ".join(flag(k, getattr(args, k)) for k in flags)
+            + ". A resumed run keeps them (the data order and the lr schedule depend on them); "
+            "to change them, start a new run (another --out, or --overwrite)")
+    try:
+        model.load_state_dict(model_state)
+        opt.load_state_dict(optim_state)
+    except ValueError as e:
+        raise SystemExit(f"--resume: cannot read checkpoint {args.resume}: {e}") from None
+    if args.stop_after and args.stop_after <= saved["iteration"]:
+        raise SystemExit(f"--stop-after {args.stop_after}: the checkpoint is already at "
+                         f"iteration {saved['iteration']}")
+    return saved["iteration"], saved["history"], saved["seconds"]
+
+
+def train(args, argv=()):
+    """The run ``args`` describes (``argv``: the command's arguments, for the resume hint)."""
     device = pick_device(args.device)
-    os.makedirs(args.out, exist_ok=True)
+    with run_directory(args) as ckpt:
+        return run(args, argv, device, ckpt)
+
+
+def run(args, argv, device, ckpt):
     data = dict(name=args.dataset, data_root=args.data_root, image_size=args.crop,
                 train_size=args.train_size, val_size=args.val_size, seed=args.seed)
     train_set, val_set = build_dataset(split="train", **data), build_dataset(split="val", **data)
@@ -99,16 +230,10 @@ def train(args):
     model = build_model(config, device)
     opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     start, history, seconds = 0, dict(iter=[], loss=[], val_iter=[], val_miou=[]), 0.0
+    last_good = None  # (path, iteration) of the newest checkpoint this run can continue from
     if args.resume:
-        model_state, optim_state, saved = load_checkpoint(args.resume)
-        changed = sorted(k for k in config if saved["config"][k] != config[k])
-        if changed:
-            raise SystemExit("--resume: the checkpoint's model differs in " + ", ".join(
-                f"{k} ({saved['config'][k]!r} there, {config[k]!r} here)" for k in changed))
-        model.load_state_dict(model_state)
-        opt.load_state_dict(optim_state)
-        start, history, seconds = saved["iteration"], saved["history"], saved["seconds"]
-    ckpt = os.path.join(args.out, "checkpoint.npz")
+        start, history, seconds = resume(args, model, opt)
+        last_good = (args.resume, start)
     loader = Loader(train_set, args.batch_size, TrainTransform(args.crop, args.scale_range),
                     shuffle=True, seed=args.seed, drop_last=True)
     batches = loader.forever(start)
@@ -118,46 +243,70 @@ def train(args):
         return dict(iteration=it, config=model.config, data=data, seed=args.seed, history=history,
                     seconds=seconds + time.perf_counter() - t0, args=vars(args))
 
+    def last_good_text():
+        return ("no checkpoint was written" if last_good is None else
+                f"the last good checkpoint is {last_good[0]} (iteration {last_good[1]})")
+
+    def save(it):
+        nonlocal last_good
+        try:
+            save_checkpoint(ckpt, model, opt, meta(it))
+        except CheckpointError as e:
+            raise SystemExit(f"iteration {it}: {e}; {last_good_text()} (try a lower --lr)") \
+                from None
+        last_good = (ckpt, it)
+
     t0 = time.perf_counter()
     model.train()
     stop = min(args.iters, args.stop_after or args.iters)
     bar = tqdm(range(start, stop), initial=start, total=args.iters, desc=f"train ({device})")
     cm = None  # the last validation's confusion matrix (the loop always ends with one)
-    for it in bar:
-        images, labels = next(batches)
-        F.seed(args.seed * 1_000_003 + it)  # dropout masks depend on (seed, it) only
-        opt.lr = poly_lr(args.lr, it, args.iters)
-        logits = model(Tensor(images, device=device))
-        loss = F.softmax_cross_entropy(logits, Tensor(labels, device=device))
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise SystemExit(f"iteration {it}: the loss is {value}; stopping. The last good "
-                             f"checkpoint is {ckpt} (try a lower --lr)")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history["iter"].append(it)
-        history["loss"].append(value)
-        bar.set_postfix(loss=f"{value:.3f}", lr=f"{opt.lr:.4f}")
-        if (it + 1) % args.val_every == 0 or it + 1 == stop:
-            cm = evaluate(model, val_loader, num_classes, device)
-            history["val_iter"].append(it + 1)
-            history["val_miou"].append(cm.miou())
-            bar.write(f"iteration {it + 1}: val mIoU {cm.miou():.4f}")
-            model.train()
-            save_checkpoint(ckpt, model, opt, meta(it + 1))
+    with ctrl_c_flag() as interrupted:
+        for it in bar:
+            images, labels = next(batches)
+            F.seed(args.seed * 1_000_003 + it)  # dropout masks depend on (seed, it) only
+            opt.lr = poly_lr(args.lr, it, args.iters)
+            logits = model(Tensor(images, device=device))
+            loss = F.softmax_cross_entropy(logits, Tensor(labels, device=device))
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise SystemExit(f"iteration {it}: the loss is {value}; stopping: "
+                                 f"{last_good_text()} (try a lower --lr)")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history["iter"].append(it)
+            history["loss"].append(value)
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{opt.lr:.4f}")
+            if (it + 1) % args.val_every == 0 or it + 1 == stop:
+                cm = evaluate(model, val_loader, num_classes, device)
+                history["val_iter"].append(it + 1)
+                history["val_miou"].append(cm.miou())
+                bar.write(f"iteration {it + 1}: val mIoU {cm.miou():.4f}")
+                model.train()
+                save(it + 1)
+            elif interrupted:
+                save(it + 1)
+            if interrupted:
+                bar.close()
+                print(f"interrupted after iteration {it + 1}; saved {ckpt}. Continue with:\n"
+                      f"  {resume_command(argv, ckpt)}", file=sys.stderr)
+                raise SystemExit(130)
     bar.close()
     if stop < args.iters:
-        print(f"stopped after iteration {stop}; continue with --resume {ckpt}")
+        command = resume_command(argv, ckpt, drop=("--resume", "--stop-after"))
+        print(f"stopped after iteration {stop}; continue with:\n  {command}")
         return None
     if cm is None:  # resumed at the very end: nothing was validated in this call
         cm = evaluate(model, val_loader, num_classes, device)
+        save(args.iters)
     metrics = dict(val_miou=cm.miou(), per_class_iou=[None if np.isnan(v) else v for v in cm.iou()],
                    pixel_accuracy=cm.pixel_accuracy(), iterations=args.iters,
                    seconds=meta(args.iters)["seconds"], device=device, config=model.config)
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     save_curves(history, os.path.join(args.out, "curves.png"))
+    model.eval()
     shown = []  # the first 4 val images (one batch of the shapes; VOC's come one at a time)
     for images, labels in eval_loader(val_set, 4, prefetch=0):
         preds = Tensor(predict_probs(model, images, device).argmax(axis=1)).numpy()
@@ -173,9 +322,15 @@ def train(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    with threadpool_limits(args.threads):
-        return train(args)
+    try:
+        with threadpool_limits(args.threads):
+            return train(args, argv)
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: nothing more is saved
+        ckpt = os.path.join(args.out, "checkpoint.npz")
+        raise SystemExit("interrupted; " + (f"the newest checkpoint is {ckpt}" if
+                                           os.path.exists(ckpt) else "no checkpoint written"))
 
 
 if __name__ == "__main__":
