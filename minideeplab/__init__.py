@@ -1,8 +1,12 @@
-"""minideeplab: DeepLabv3+ (Chen et al., ECCV 2018) from scratch on NumPy and CuPy."""
-from .config import no_grad  # noqa: F401
-from .device import get_device, available_devices  # noqa: F401
-from .tensor import Tensor  # noqa: F401
-from .function import Function  # noqa: F401
-from . import functional, gradcheck  # noqa: F401
-# Not ``data`` (Pillow) or ``visualize`` (matplotlib): ``import minideeplab.data`` where needed.
-from . import nn, models, flops, optim, metrics  # noqa: F401,E402
+"""minideeplab: DeepLabv3+ (Chen et al., ECCV 2018) from scratch on NumPy and CuPy.
+
+Not imported here: ``data`` (it needs Pillow) and ``visualize`` (matplotlib); import
+``minideeplab.data`` where it is used."""
+from . import flops, functional, gradcheck, metrics, models, nn, optim
+from .config import no_grad
+from .device import available_devices, get_device
+from .function import Function
+from .tensor import Tensor
+
+__all__ = ["Function", "Tensor", "available_devices", "flops", "functional", "get_device",
+           "gradcheck", "metrics", "models", "nn", "no_grad", "optim"]

@@ -167,7 +167,9 @@ def load_checkpoint(path):
     except (OSError, EOFError, ValueError, TypeError, AttributeError, zipfile.BadZipFile,
             zlib.error) as e:
         raise fail(str(e) or type(e).__name__) from None
-    split = lambda prefix: {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}  # noqa: E731
+    def split(prefix):
+        return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+
     model_state = split("model/")
     if not model_state:
         raise fail("it holds no model parameters")

@@ -190,12 +190,13 @@ def resume(args, model, opt):
     started = saved.get("args", {})
     flags = [k for k in RESUME_FIXED if k in started and started[k] != getattr(args, k)]
     if flags:
-        flag = lambda k, v: f"--{k.replace('_', '-')} {v}"  # noqa: E731
+        def listed(values):
+            return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in zip(flags, values))
         raise SystemExit(
-            "--resume: the run was started with " + ", ".join(flag(k, started[k]) for k in flags)
-            + "; this command has " + ", ".join(flag(k, getattr(args, k)) for k in flags)
-            + ". A resumed run keeps them (the data order and the lr schedule depend on them); "
-            "to change them, start a new run (another --out, or --overwrite)")
+            f"--resume: the run was started with {listed(started[k] for k in flags)}; this "
+            f"command has {listed(getattr(args, k) for k in flags)}. A resumed run keeps them "
+            "(the data order and the lr schedule depend on them); to change them, start a new "
+            "run (another --out, or --overwrite)")
     try:
         model.load_state_dict(model_state)
         opt.load_state_dict(optim_state)
@@ -330,7 +331,8 @@ def main(argv=None):
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: nothing more is saved
         ckpt = os.path.join(args.out, "checkpoint.npz")
         raise SystemExit("interrupted; " + (f"the newest checkpoint is {ckpt}" if
-                                           os.path.exists(ckpt) else "no checkpoint written"))
+                                           os.path.exists(ckpt) else "no checkpoint written")) \
+            from None
 
 
 if __name__ == "__main__":
