@@ -59,6 +59,8 @@ def main(argv=None):
     model.set_output_stride(os_)
     data = dict(meta["data"], name=args.dataset or meta["data"]["name"],
                 data_root=args.data_root or meta["data"]["data_root"])
+    if data["name"] == "voc" and not data["data_root"]:
+        raise SystemExit("--dataset voc needs --data-root (the VOC2012 folder)")
     val_set = build_dataset(split="val", **data)
     if val_set.num_classes != meta["config"]["num_classes"]:
         raise SystemExit(f"checkpoint {args.checkpoint} predicts {meta['config']['num_classes']} "

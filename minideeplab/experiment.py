@@ -4,7 +4,8 @@ one experiment, each from explicit values, so neither command line needs the oth
 Named for what a checkpoint records: an experiment is a model (``model.config``), the data it
 was trained and is scored on (``data``: dataset name, sizes, seed), and how it is scored
 (``predict_probs``, ``evaluate``). The device, the datasets and the model are built here; the
-checkpoint that ties them together is written and read here.
+checkpoint that ties them together is written and read here; and both parsers check their
+numbers and report a bad flag in one line the same way (``number``, ``ArgumentParser``).
 """
 import argparse
 import json
@@ -20,6 +21,7 @@ from . import functional as F
 from .config import no_grad
 from .data.shapes import ShapesDataset
 from .data.transforms import EvalTransform, Loader
+from .data.voc import VOCSegmentation
 from .device import gpu_available
 from .flops import scale_dimension
 from .metrics import ConfusionMatrix
@@ -70,8 +72,7 @@ def build_dataset(name, split, *, train_size=None, val_size=None, image_size=Non
     if name != "voc":
         raise ValueError(f"dataset must be 'shapes' or 'voc', got {name!r}")
     if not data_root:
-        raise SystemExit("--dataset voc needs --data-root (the VOC2012 folder)")
-    from .data.voc import VOCSegmentation
+        raise ValueError("dataset 'voc' needs data_root, the VOC2012 folder")
     return VOCSegmentation(data_root, split)
 
 

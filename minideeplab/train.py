@@ -106,6 +106,8 @@ def parse_args(argv=None):
                    "the step's GEMMs are small, and two busy-waiting BLAS threads slow training "
                    "~5x as soon as another process shares the cores)")
     args = p.parse_args(argv)
+    if args.dataset == "voc" and not args.data_root:
+        p.error("argument --data-root: --dataset voc needs it (the VOC2012 folder)")
     if args.scale_range and args.scale_range[0] > args.scale_range[1]:
         p.error(f"argument --scale-range: MIN {args.scale_range[0]} > MAX {args.scale_range[1]}")
     if args.dataset == "shapes" and args.train_size < args.batch_size:

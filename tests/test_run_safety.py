@@ -236,6 +236,11 @@ def test_evaluate_refuses_a_class_count_mismatch(run, tmp_path):
                        "--data-root", str(tmp_path / "VOC2012"), "--device", "cpu"])
 
 
+def test_evaluate_on_voc_needs_its_folder(run):
+    with pytest.raises(SystemExit, match="--dataset voc needs --data-root"):
+        evaluate.main(["--checkpoint", str(run / "checkpoint.npz"), "--dataset", "voc"])
+
+
 def test_evaluate_refuses_non_finite_weights(run, tmp_path):
     with np.load(run / "checkpoint.npz") as z:
         arrays = {k: z[k] for k in z.files}
