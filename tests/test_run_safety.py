@@ -167,7 +167,7 @@ def test_stop_after_prints_a_command_that_finishes_the_run(tmp_path, capsys):
 
 
 # -- wrong numbers with exit 0 --------------------------------------------------------------------
-@pytest.mark.parametrize("flag, value, message", [
+BAD_NUMBERS = [
     ("--iters", "0", "must be >= 1"),
     ("--iters", "-5", "must be >= 1"),
     ("--stop-after", "0", "must be >= 1"),
@@ -191,7 +191,11 @@ def test_stop_after_prints_a_command_that_finishes_the_run(tmp_path, capsys):
     ("--train-size", "0", "must be >= 1"),
     ("--val-size", "0", "must be >= 1"),
     ("--width", "abc", "expected float, got 'abc'"),
-])
+]
+
+
+@pytest.mark.parametrize("flag, value, message", BAD_NUMBERS,
+                         ids=[f"{flag}={value}" for flag, value, _ in BAD_NUMBERS])
 def test_numeric_flags_are_checked_at_parse_time(capsys, flag, value, message):
     with pytest.raises(SystemExit) as e:
         train.parse_args([f"{flag}={value}"])
@@ -205,7 +209,7 @@ def test_numeric_flags_are_checked_at_parse_time(capsys, flag, value, message):
     (["--scale-range", "1000", "1000"], "argument --scale-range: must be <= 4, got 1000"),
     (["--scale-range", "2", "1"], "argument --scale-range: MIN 2.0 > MAX 1.0"),
     (["--train-size", "3", "--batch-size", "4"], "argument --train-size: 3 images make no batch"),
-])
+], ids=["scale-negative", "scale-huge", "scale-reversed", "train-size-below-batch"])
 def test_flag_combinations_are_checked_at_parse_time(capsys, argv, message):
     with pytest.raises(SystemExit):
         train.parse_args(argv)
@@ -259,7 +263,7 @@ def test_evaluate_refuses_non_finite_weights(run, tmp_path):
     (["--width", "0.25"], "model differs in width (0.125 there, 0.25 here)"),
     (["--no-decoder", "--output-stride", "16"],
      "model differs in decoder (True there, False here), output_stride (8 there, 16 here)"),
-])
+], ids=["batch-size", "crop", "lr-and-iters", "width", "decoder-and-output-stride"])
 def test_resume_refuses_changed_settings_and_names_them(run, changed, message):
     before = digest(run / "checkpoint.npz")
     with pytest.raises(SystemExit, match=re.escape(message)):  # a repeated flag's last counts
@@ -281,14 +285,14 @@ CORRUPT = {
     "truncated": lambda src, dst: dst.write_bytes(src.read_bytes()[:5000]),
     "byte-flipped": lambda src, dst: dst.write_bytes(
         (lambda b: b[:3000] + bytes([b[3000] ^ 0xFF]) + b[3001:])(src.read_bytes())),
-    "not an archive": lambda src, dst: dst.write_text("hello"),
-    "no meta": lambda src, dst: rewrite(src, dst, lambda a: a.pop("meta")),
-    "meta not JSON": lambda src, dst: rewrite(src, dst, lambda a: a.update(meta=np.array("{x"))),
-    "meta incomplete": lambda src, dst: rewrite(src, dst, lambda a: a.update(
+    "not-an-archive": lambda src, dst: dst.write_text("hello"),
+    "no-meta": lambda src, dst: rewrite(src, dst, lambda a: a.pop("meta")),
+    "meta-not-JSON": lambda src, dst: rewrite(src, dst, lambda a: a.update(meta=np.array("{x"))),
+    "meta-incomplete": lambda src, dst: rewrite(src, dst, lambda a: a.update(
         meta=np.array(json.dumps({"iteration": 2})))),
-    "no parameters": lambda src, dst: rewrite(src, dst, lambda a: [
+    "no-parameters": lambda src, dst: rewrite(src, dst, lambda a: [
         a.pop(k) for k in list(a) if k.startswith("model/")]),
-    "no optimizer state": lambda src, dst: rewrite(src, dst, lambda a: [
+    "no-optimizer-state": lambda src, dst: rewrite(src, dst, lambda a: [
         a.pop(k) for k in list(a) if k.startswith("optim/")]),
 }
 
@@ -300,6 +304,6 @@ def test_every_unreadable_checkpoint_gives_one_line(run, tmp_path, kind):
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=f"^--resume: cannot read checkpoint {bad}: "):
         train.main(TINY + ["--iters", "6", "--out", str(out), "--resume", str(bad)])
-    if kind != "no optimizer state":  # evaluate needs only the model
+    if kind != "no-optimizer-state":  # evaluate needs only the model
         with pytest.raises(SystemExit, match=f"^cannot read checkpoint {bad}: "):
             evaluate.main(["--checkpoint", str(bad), "--device", "cpu"])
