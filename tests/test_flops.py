@@ -11,10 +11,17 @@ from minideeplab.tensor import Tensor
 SIZE = (3, 513, 513)
 
 
+# The paper's ResNet-101 rows are measured with DeepLabv3's multi-grid (1, 2, 4) in block 4: with
+# the official default (1, 1, 1) its atrous convs pad less under space-to-batch, and those rows
+# fall 1-2% short. Xception's rows agree within 0.3% either way; they use the default (1, 1, 1).
+MULTI_GRID = {"xception65": (1, 1, 1), "resnet101": (1, 2, 4)}
+
+
 @pytest.fixture(scope="module")
 def built():
     """The full-size networks (built once: only their weights' shapes matter here)."""
-    return {(bb, sc, dec): deeplabv3plus(bb, decoder=dec, separable_aspp=sc)
+    return {(bb, sc, dec): deeplabv3plus(bb, decoder=dec, separable_aspp=sc,
+                                         multi_grid=MULTI_GRID[bb])
             for bb, sc in [("xception65", True), ("xception65", False), ("resnet101", False)]
             for dec in (False, True)}
 
@@ -114,12 +121,17 @@ TABLES = [  # backbone, SC, decoder, eval OS, MS, flip, paper's Multiply-Adds (b
 ]
 
 
+# Rows further than 0.3% from the paper (README.md says why): ResNet DeepLabv3+ at OS 16 single
+# scale (+1.3%; the same model's multi-scale rows agree to 0.1%), and ResNet DeepLabv3 at OS 32
+# (-0.35%: 0.18B short, as every ResNet and Xception row is by 0.1-0.25B, on its smallest total).
+OFF_ROWS = {("resnet101", False, True, 16, False, False): 0.015,
+            ("resnet101", False, False, 32, False, False): 0.004}
+
+
 def test_paper_tables_with_space_to_batch(models):
     for backbone, sc, decoder, output_stride, ms, flip, paper in TABLES:
         model = models[(backbone, sc, decoder)].set_output_stride(output_stride)
         count = (flops.count_multi_scale_multiply_adds(model, SIZE, flip=flip, space_to_batch=True)
                  if ms else flops.count_multiply_adds(model, SIZE, space_to_batch=True))
-        # 1.3% for ResNet DeepLabv3+ at OS 16 single scale, whose 898.69B multi-scale row agrees
-        # to 0.1%; every other row within 0.4%.
-        assert count / 1e9 == pytest.approx(paper, rel=0.015), (backbone, sc, decoder,
-                                                                 output_stride, ms, flip)
+        row = (backbone, sc, decoder, output_stride, ms, flip)
+        assert count / 1e9 == pytest.approx(paper, rel=OFF_ROWS.get(row, 0.003)), row

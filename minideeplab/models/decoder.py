@@ -4,11 +4,13 @@ from .aspp import conv3x3
 
 
 class Decoder(nn.Module):
-    """Low-level features -> 1x1 conv to ``low_level_channels`` (48) + BN + ReLU; the encoder
-    output upsampled bilinearly to their size and concatenated; two 3x3 convs of ``channels``
-    (separable in the Xception model) + BN + ReLU. The logits conv follows in DeepLab."""
+    """model.py ``refine_by_decoder``: the backbone's low-level end point (stride 4, taken before
+    any ReLU) -> 1x1 conv to ``low_level_channels`` (48) + BN + ReLU (``feature_projection0``);
+    the encoder output upsampled bilinearly to their size, concatenated in front of them; two 3x3
+    convs of ``channels``, separable or dense, + BN + ReLU (``decoder_conv0``, ``decoder_conv1``).
+    The logits conv follows in DeepLab."""
 
-    def __init__(self, cin, low_level_cin, low_level_channels=48, channels=256, separable=False,
+    def __init__(self, cin, low_level_cin, low_level_channels=48, channels=256, separable=True,
                  rng=None):
         self.low_level = nn.ConvBNReLU(low_level_cin, low_level_channels, 1, rng=rng)
         self.refine = nn.Sequential(

@@ -57,34 +57,54 @@ class DeepLab(nn.Module):
         return F.resize_bilinear(self.logits(y), x.shape[2:], align_corners=True)
 
 
+# Batch norm (eps, TensorFlow decay) per module, as the official arg scopes set them; our
+# momentum is 1 - decay (nn.BatchNorm2d).
+BATCH_NORM = {
+    # core/feature_extractor.py extract_features -> xception.xception_arg_scope(...)
+    "xception65": (1e-3, 0.9997),
+    # core/feature_extractor.py extract_features -> resnet_v1_beta.resnet_arg_scope(...)
+    "resnet101": (1e-5, 0.95),
+    # model.py batch_norm_params in extract_features (ASPP) and refine_by_decoder (decoder)
+    "aspp_decoder": (1e-5, 0.9997),
+}
+
+
+def set_batch_norm(module, eps, momentum):
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = eps, momentum
+
+
 def deeplabv3plus(backbone="xception65", num_classes=21, output_stride=16, decoder=True,
-                  width=1.0, middle_blocks=16, resnet_units=(3, 4, 23, 3), separable_aspp=None,
-                  aspp_channels=256, low_level_channels=48, dropout=0.1, bn_momentum=0.0003,
-                  seed=0):
-    """The paper's network. ``backbone``: "xception65" or "resnet101"; ``decoder=False`` gives
-    DeepLabv3. ``separable_aspp``: the paper's "SC" (Table 5), atrous separable 3x3 convs in the
-    ASPP *and* the decoder; None = True for Xception, False for ResNet (Table 3). ``width``,
-    ``middle_blocks`` (Xception), ``resnet_units``, ``aspp_channels`` (also the decoder's 3x3
-    convs) and ``low_level_channels`` shrink the model for the CPU. ``bn_momentum``: 0.0003 is
-    the paper's decay 0.9997; short runs need ~0.01-0.1. ``seed`` fixes the He-normal weights."""
+                  width=1.0, middle_blocks=16, resnet_units=(3, 4, 23, 3), separable_aspp=True,
+                  aspp_channels=256, low_level_channels=48, dropout=0.1, bn_momentum=None,
+                  seed=0, multi_grid=(1, 1, 1)):
+    """The paper's network as the official code builds it. ``backbone``: "xception65" or
+    "resnet101"; ``decoder=False`` gives DeepLabv3. ``separable_aspp``: the paper's "SC" (Table
+    5), atrous separable 3x3 convs in the ASPP *and* the decoder (the official default for both
+    backbones; the paper's ResNet rows, Table 3, are dense). ``multi_grid``: unit rates of
+    ResNet's block 4 (one per unit) or of Xception's exit block 2 (three); the official default
+    (1, 1, 1), DeepLabv3's (1, 2, 4). ``width``, ``middle_blocks`` (Xception), ``resnet_units``,
+    ``aspp_channels`` (also the decoder's 3x3 convs) and ``low_level_channels`` shrink the model
+    for the CPU. ``bn_momentum``: None for each module's official decay (BATCH_NORM), or one
+    momentum for every BN (short runs need ~0.01-0.1). ``seed`` fixes the He-normal weights."""
     config = model_config(**locals())
     rng = np.random.default_rng(seed)
     if backbone == "xception65":
-        net = Xception(width, middle_blocks, rng=rng)
+        net = Xception(width, middle_blocks, tuple(multi_grid), rng=rng)
     elif backbone == "resnet101":
-        net = ResNet(width, tuple(resnet_units), rng=rng)
+        net = ResNet(width, tuple(resnet_units), tuple(multi_grid), rng=rng)
     else:
         raise ValueError(f"backbone must be 'xception65' or 'resnet101', got {backbone!r}")
-    separable = backbone == "xception65" if separable_aspp is None else separable_aspp
-    aspp = ASPP(net.out_channels, aspp_channels, ASPP_RATES_OS16, separable, dropout, rng)
+    aspp = ASPP(net.out_channels, aspp_channels, ASPP_RATES_OS16, separable_aspp, dropout, rng)
     dec = (Decoder(aspp_channels, net.low_level_channels, low_level_channels, aspp_channels,
-                   separable, rng) if decoder else None)
+                   separable_aspp, rng) if decoder else None)
     logits = nn.Conv2d(aspp_channels, num_classes, 1, bias=True, rng=rng)
-    model = DeepLab(config, net, aspp, dec, logits)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = bn_momentum
-    return model.set_output_stride(output_stride)
+    for module, key in ((net, backbone), (aspp, "aspp_decoder"), (dec, "aspp_decoder")):
+        if module is not None:
+            eps, decay = BATCH_NORM[key]
+            set_batch_norm(module, eps, 1 - decay if bn_momentum is None else bn_momentum)
+    return DeepLab(config, net, aspp, dec, logits).set_output_stride(output_stride)
 
 
 def model_config(**kwargs):
@@ -93,4 +113,5 @@ def model_config(**kwargs):
     rebuilds the model). TypeError on an argument ``deeplabv3plus`` does not take."""
     bound = inspect.signature(deeplabv3plus).bind(**kwargs)
     bound.apply_defaults()
-    return dict(bound.arguments, resnet_units=list(bound.arguments["resnet_units"]))
+    return dict(bound.arguments, resnet_units=list(bound.arguments["resnet_units"]),
+                multi_grid=list(bound.arguments["multi_grid"]))

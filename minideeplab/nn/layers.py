@@ -38,7 +38,9 @@ class Conv2d(Module):
 
 class BatchNorm2d(Module):
     """F.batch_norm with gamma = 1, beta = 0 and running statistics as buffers. ``momentum`` in
-    PyTorch's convention: the paper's decay 0.9997 is momentum 0.0003 (too slow for short runs)."""
+    PyTorch's convention, ``running = (1 - momentum) * running + momentum * batch``: TensorFlow's
+    ``decay`` is 1 - momentum (the official Xception's 0.9997 is momentum 0.0003). DeepLab sets
+    each module's eps and momentum (models/deeplab.py, BATCH_NORM)."""
 
     def __init__(self, channels, momentum=0.1, eps=1e-5):
         self.gamma = Parameter(np.ones(channels, np.float32))
@@ -81,14 +83,20 @@ class ConvBNReLU(Module):
 
 class SeparableConv2d(Module):
     """Atrous separable convolution (Sec. 3.1, Fig. 3): depthwise k x k with rate ``dilation`` +
-    BN + ReLU, then pointwise 1x1 + BN + ReLU, as in the modified Xception (Sec. 3.2)."""
+    BN, then pointwise 1x1 + BN. The official code places the ReLUs two ways:
+    - default: a ReLU after each BN (model.py ``split_separable_conv2d``: ASPP and decoder; and
+      core/xception.py's exit block 2, ``activation_fn_in_separable_conv=True``);
+    - ``preactivation=True``: one ReLU on the input, none inside or after (every other Xception
+      unit, ``activation_fn_in_separable_conv=False``), so the output can be negative."""
 
-    def __init__(self, cin, cout, k=3, stride=1, dilation=1, rng=None):
-        self.depthwise = ConvBNReLU(cin, cin, k, stride, dilation, groups=cin, rng=rng)
-        self.pointwise = ConvBNReLU(cin, cout, 1, rng=rng)
+    def __init__(self, cin, cout, k=3, stride=1, dilation=1, preactivation=False, rng=None):
+        self.depthwise = ConvBNReLU(cin, cin, k, stride, dilation, groups=cin,
+                                    relu=not preactivation, rng=rng)
+        self.pointwise = ConvBNReLU(cin, cout, 1, relu=not preactivation, rng=rng)
+        self.preactivation = preactivation
 
     def forward(self, x):
-        return self.pointwise(self.depthwise(x))
+        return self.pointwise(self.depthwise(F.relu(x) if self.preactivation else x))
 
 
 class _MaxPool2d(Function):
