@@ -253,8 +253,11 @@ def _table_entries(data, what):
     if int.from_bytes(footer[-8:], "little") != _MAGIC:
         raise _Corrupt(f"{what} does not end with the table magic number: truncated, corrupt, "
                        "or not a TensorFlow V2 checkpoint index")
-    _, pos = _block_handle(footer, 0)  # the metaindex block: empty, TensorFlow writes no filter
+    meta_handle, pos = _block_handle(footer, 0)
     index_handle, _ = _block_handle(footer, pos)
+    # The metaindex block names filter blocks: TensorFlow writes none and never reads it; it is
+    # checked here all the same, so that every byte but the footer's padding is verified.
+    _block_entries(_read_block(data, meta_handle, "metaindex block"), "metaindex block")
     index = _block_entries(_read_block(data, index_handle, "index block"), "index block")
     entries = []
     for _, value in index:  # one entry per data block: a key >= its last key, its handle
@@ -336,17 +339,6 @@ def _data_path(prefix, shard, n_shards):
     return f"{prefix}.data-{shard:05d}-of-{n_shards:05d}"
 
 
-def _string_lengths(raw, count, name):
-    """A string tensor's element lengths and where its length checksum starts."""
-    lengths, pos = [], 0
-    for _ in range(count):
-        n, pos = _varint(raw, pos, f"the string lengths of tensor '{name}'")
-        lengths.append(n)
-    if pos + 4 + sum(lengths) != len(raw):
-        raise _Corrupt(f"tensor '{name}': its string lengths do not add up to its size")
-    return lengths, pos
-
-
 def _checked_strings(raw, entry, name):
     """The bytes objects of a string tensor, its two checksums verified (tensor_bundle.cc,
     WriteStringTensor): the lengths' checksum covers them as fixed-width little-endian integers
@@ -355,11 +347,16 @@ def _checked_strings(raw, entry, name):
     count = int(np.prod(entry.shape, dtype=np.int64))
     if entry.size == 0:
         return np.empty(entry.shape, object)
-    lengths, pos = _string_lengths(raw, count, name)
+    lengths, pos = [], 0
+    for _ in range(count):
+        n, pos = _varint(raw, pos, f"the string lengths of tensor '{name}'")
+        lengths.append(n)
     fixed = b"".join(struct.pack("<I" if n <= 0xFFFFFFFF else "<Q", n) for n in lengths)
     length_crc = raw[pos:pos + 4]
     if crc32c(fixed) != unmask_crc(int.from_bytes(length_crc, "little")):
         raise _Corrupt(f"tensor '{name}': its string lengths fail their CRC32C check")
+    if pos + 4 + sum(lengths) != len(raw):
+        raise _Corrupt(f"tensor '{name}': its string lengths do not add up to its size")
     if crc32c(fixed + length_crc + raw[pos + 4:]) != entry.crc:
         raise _Corrupt(f"tensor '{name}' ({entry.size} bytes at offset {entry.offset}) fails "
                        "its CRC32C check")
