@@ -155,17 +155,19 @@ class _Corrupt(Exception):
     """Raised deep in the parsers; turned into a ValueError that names the file."""
 
 
-# ---- dtypes: tensorflow/core/framework/types.proto DataType -> (TensorFlow's name, NumPy) ----
+# ---- dtypes: tensorflow/core/framework/types.proto DataType -> TensorFlow's name ----
 _DTYPES = {
-    1: ("float32", "<f4"), 2: ("float64", "<f8"), 3: ("int32", "<i4"), 4: ("uint8", "u1"),
-    5: ("int16", "<i2"), 6: ("int8", "i1"), 7: ("string", None), 8: ("complex64", "<c8"),
-    9: ("int64", "<i8"), 10: ("bool", "?"), 14: ("bfloat16", "<u2"), 17: ("uint16", "<u2"),
-    18: ("complex128", "<c16"), 19: ("float16", "<f2"), 22: ("uint32", "<u4"),
-    23: ("uint64", "<u8"),
+    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
+    8: "complex64", 9: "int64", 10: "bool", 11: "qint8", 12: "quint8", 13: "qint32",
+    14: "bfloat16", 15: "qint16", 16: "quint16", 17: "uint16", 18: "complex128", 19: "float16",
+    20: "resource", 21: "variant", 22: "uint32", 23: "uint64",
 }
-_NUMPY = dict(_DTYPES.values())
-_UNSUPPORTED = {11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16",
-                20: "resource", 21: "variant"}
+# How the supported numeric dtypes lie in a data file (bfloat16 is widened after reading).
+_NUMPY = {
+    "float32": "<f4", "float64": "<f8", "int32": "<i4", "uint8": "u1", "int16": "<i2",
+    "int8": "i1", "complex64": "<c8", "int64": "<i8", "bool": "?", "bfloat16": "<u2",
+    "uint16": "<u2", "complex128": "<c16", "float16": "<f2", "uint32": "<u4", "uint64": "<u8",
+}
 
 
 class TensorEntry(NamedTuple):
@@ -271,11 +273,11 @@ def _table_entries(data, what):
 
 
 def _parse_entry(value, name):
+    """A BundleEntryProto (tensor_bundle.proto): 1 dtype, 2 shape (a TensorShapeProto: 2 dim,
+    each 1 size; 3 unknown_rank), 3 shard_id, 4 offset, 5 size, 6 crc32c (fixed32, masked),
+    7 slices (present only for a partitioned variable)."""
     f = _proto_fields(value, f"the entry of tensor '{name}'")
     code = f.get(1, [0])[-1]
-    if code not in _DTYPES:
-        kind = _UNSUPPORTED.get(code, "unknown")
-        raise _Corrupt(f"tensor '{name}' has dtype {kind} (DataType {code}), not supported")
     shape = []
     for shape_msg in f.get(2, []):
         s = _proto_fields(shape_msg, f"the shape of tensor '{name}'")
@@ -284,8 +286,8 @@ def _parse_entry(value, name):
         shape = [_int64(_proto_fields(d, "a shape dim").get(1, [0])[-1]) for d in s.get(2, [])]
     if any(d < 0 for d in shape):
         raise _Corrupt(f"tensor '{name}' has an invalid shape {shape}")
-    return TensorEntry(dtype=_DTYPES[code][0], shape=tuple(shape), shard=f.get(3, [0])[-1],
-                       offset=f.get(4, [0])[-1], size=f.get(5, [0])[-1],
+    return TensorEntry(dtype=_DTYPES.get(code, f"DataType {code}"), shape=tuple(shape),
+                       shard=f.get(3, [0])[-1], offset=f.get(4, [0])[-1], size=f.get(5, [0])[-1],
                        crc=unmask_crc(f.get(6, [0])[-1]), n_slices=len(f.get(7, [])))
 
 
@@ -345,8 +347,8 @@ def _checked_strings(raw, entry, name):
     (uint32, or uint64 past 4 GiB), not as the varints stored; the entry's covers those integers,
     the lengths' checksum and the string bytes."""
     count = int(np.prod(entry.shape, dtype=np.int64))
-    if entry.size == 0:
-        return np.empty(entry.shape, object)
+    if entry.size == 0:  # as TensorFlow reads it: every element empty
+        return np.full(entry.shape, b"", object)
     lengths, pos = [], 0
     for _ in range(count):
         n, pos = _varint(raw, pos, f"the string lengths of tensor '{name}'")
@@ -382,6 +384,9 @@ def _read_tensor(prefix, n_shards, name, entry):
     if entry.n_slices:
         raise ValueError(f"{prefix}.index: tensor '{name}' is a partitioned variable "
                          f"({entry.n_slices} slices), which this reader does not support")
+    if entry.dtype != "string" and entry.dtype not in _NUMPY:
+        raise ValueError(f"{prefix}.index: tensor '{name}' has dtype {entry.dtype}, which this "
+                         "reader does not support")
     path = _data_path(prefix, entry.shard, n_shards)
     if entry.dtype != "string":
         count = int(np.prod(entry.shape, dtype=np.int64))

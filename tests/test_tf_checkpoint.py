@@ -193,18 +193,44 @@ def test_missing_and_truncated_files(tmp_path):
         list_variables(prefix)
 
 
-def test_snappy_compressed_block_is_refused(tmp_path):
-    prefix = copy_checkpoint("v1_sharded", tmp_path)
+def rewrite_index(prefix, edit):
+    """Apply `edit(data, block_offset, block_size)` to the index's bytes, then make the edited
+    block's checksum right again, so that only what `edit` changed is wrong."""
     with open(prefix + ".index", "rb") as f:
         data = bytearray(f.read())
-    footer = len(data) - 48
-    _, pos = varint(data, varint(data, footer)[1])  # skip the metaindex handle
-    offset, pos = varint(data, pos)
-    size, _ = varint(data, pos)
-    data[offset + size] = 1  # the block's compression type: Snappy; its checksum made right
+    offset, size = edit(data)
     data[offset + size + 1:offset + size + 5] = masked(
         bitwise_crc32c(data[offset:offset + size + 1])).to_bytes(4, "little")
     with open(prefix + ".index", "wb") as f:
         f.write(data)
+
+
+def test_snappy_compressed_block_is_refused(tmp_path):
+    def snappy_index_block(data):
+        _, pos = varint(data, varint(data, len(data) - 48)[1])  # skip the metaindex handle
+        offset, pos = varint(data, pos)
+        size, _ = varint(data, pos)
+        data[offset + size] = 1  # the block's compression type: Snappy
+        return offset, size
+
+    prefix = copy_checkpoint("v1_sharded", tmp_path)
+    rewrite_index(prefix, snappy_index_block)
     with pytest.raises(ValueError, match="index block at offset .* is Snappy-compressed"):
         list_variables(prefix)
+
+
+def test_unsupported_dtype_is_listed_but_refused(tmp_path):
+    def variant_global_step(data):
+        # The only data block starts the file and ends 5 bytes (its trailer) before the
+        # metaindex block; global_step's entry is stored with its whole key, then field 1 (dtype).
+        meta_offset, _ = varint(data, len(data) - 48)
+        position = data.index(b"global_step\x08\x09") + len("global_step") + 1
+        data[position] = 21  # DT_VARIANT instead of DT_INT64
+        return 0, meta_offset - 5
+
+    prefix = copy_checkpoint("v1_sharded", tmp_path)
+    rewrite_index(prefix, variant_global_step)
+    assert list_variables(prefix)["global_step"] == ("variant", ())
+    assert read_checkpoint(prefix, names=["logits/semantic/biases"])
+    with pytest.raises(ValueError, match="'global_step' has dtype variant, which this reader"):
+        read_checkpoint(prefix, names=["global_step"])
