@@ -78,15 +78,26 @@ def build(cfg, device):
     return model, SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def our_step(model, opt, images, labels, device):
-    """One iteration of train.py's loop (the lr schedule aside), -> loss."""
+# Where a step reads its loss on the host: "before" the backward, as train.py's loop has done (a
+# device-to-host synchronisation inside the step), or "after" the update.
+LOSS_READ = "before"
+
+
+def forward_loss(model, images, labels, device, read):
+    """The batch moved to ``device``, the forward and the loss -> (loss Tensor, its value when
+    ``read``, else None)."""
     logits = model(Tensor(images, device=device))
     loss = F.softmax_cross_entropy(logits, Tensor(labels, device=device))
-    value = float(loss.item())
+    return loss, (float(loss.item()) if read else None)
+
+
+def our_step(model, opt, images, labels, device):
+    """One iteration of train.py's loop (the lr schedule aside), -> loss."""
+    loss, value = forward_loss(model, images, labels, device, LOSS_READ == "before")
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return value
+    return value if LOSS_READ == "before" else float(loss.item())
 
 
 def torch_step(model, opt, images, labels, device):

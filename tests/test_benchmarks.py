@@ -50,3 +50,34 @@ def test_largest_batch_stops_at_out_of_memory_only():
     assert train_step.largest_batch(step) == 16
     with pytest.raises(ZeroDivisionError):
         train_step.largest_batch(lambda batch: 1 / 0)
+
+
+def test_host_counts_what_cupy_would_launch():
+    from benchmarks import host
+    from minideeplab.device import get_device
+    dev = get_device("emu")
+    tally = host.Tally()
+    with host.instrumented(dev, tally):
+        xp = dev.xp
+        a = xp.ones((2, 3, 4, 5), np.float32)  # a fill (and w below)
+        b = a * 2 + 1  # two elementwise kernels
+        b.sum(axis=(0, 2, 3))  # one reduction
+        a.reshape(6, 20).T.copy()  # a view, then one copy
+        w = xp.ones((4, 3), np.float32)
+        xp.matmul(w, a.reshape(2, 3, 20))  # broadcast w: pointer arrays (3) and a batched GEMM
+        bool(b[0, 0, 0, 0] > 0)  # one comparison, one sync
+    assert tally.kernels == {"ones": 2, "multiply": 1, "add": 1, "add.reduce": 1, "copy": 1,
+                             "matmul: gemm": 1, "matmul: pointer arrays": 3, "greater": 1}
+    assert tally.syncs == {"forward: bool": 1}
+
+
+@pytest.mark.slow  # ~5 s on emu
+def test_host_quick(tmp_path):
+    from benchmarks import host
+    path = tmp_path / "h.json"
+    r = host.main(["--preset", "quick", "--repeat", "1", "--json", str(path)])["quick"]
+    assert json.loads(path.read_text())["host"]["quick"]["kernels"] == r["kernels"]
+    assert r["kernels"] == r["our_launches"] + r["xp_kernels"] == sum(r["per_kernel"].values())
+    assert r["our_launches"] > 0 and r["host_ms"] > 0
+    for m in r["memory"].values():
+        assert 0 < m["backward_reads_bytes"] <= m["graph_bytes"]
