@@ -2,9 +2,10 @@
 benchmarks/train_step.py (imports torch, which minideeplab itself never does).
 
 A mirror of minideeplab/models, module for module: the stem's conv + BN + ReLU units, Xception
-blocks of three separable convs (depthwise + BN + ReLU + pointwise + BN + ReLU, the stride on the
-last one, a 1x1 conv + BN shortcut or the identity), ASPP with image pooling and dropout, the
-decoder and the logits conv; the same strides, rates and "same" padding as the model is currently
+units of three separable convs (pre-activation ReLU + depthwise + BN + pointwise + BN, or in exit
+block 2 depthwise + BN + ReLU + pointwise + BN + ReLU; the stride on the last one, a 1x1 conv + BN
+shortcut or the identity), ASPP (image pooling, 1x1, atrous) with dropout, the decoder and the
+logits conv; the same strides, rates and "same" padding as the model is currently
 set to (set_output_stride), the same BN momentum and eps; parameters in the same order.
 """
 import numpy as np
@@ -43,7 +44,8 @@ def batch_norm(m):
 def unit(m):
     """ConvBNReLU or SeparableConv2d as an nn.Sequential."""
     if isinstance(m, mnn.SeparableConv2d):
-        return nn.Sequential(unit(m.depthwise), unit(m.pointwise))
+        return nn.Sequential(*([nn.ReLU()] if m.preactivation else []), unit(m.depthwise),
+                             unit(m.pointwise))
     return nn.Sequential(conv(m.conv), batch_norm(m.bn), *([nn.ReLU()] if m.relu else []))
 
 
@@ -69,12 +71,13 @@ class Xception(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(*(unit(u) for u in m.stem))
         self.units = nn.ModuleList(XceptionBlock(u) for u in m.units())
+        self.low_level_unit = m.low_level_unit
 
     def forward(self, x):
         x = self.stem(x)
         for i, block in enumerate(self.units):
             x, inner = block(x)
-            if i == 1:  # as ours: the decoder's stride-4 features
+            if i == self.low_level_unit:  # as ours: the decoder's stride-4 features
                 low_level = inner
         return low_level, x
 
@@ -86,15 +89,14 @@ def _upsample(x, size):
 class ASPP(nn.Module):
     def __init__(self, m):
         super().__init__()
+        self.image_pooling = unit(m.image_pooling)
         self.conv1x1 = unit(m.conv1x1)
         self.atrous = nn.ModuleList(unit(b) for b in m.atrous)
-        self.image_pooling = unit(m.image_pooling)
         self.project, self.dropout = unit(m.project), nn.Dropout(m.dropout.p)
 
     def forward(self, x):
         pooled = self.image_pooling(nn.functional.adaptive_avg_pool2d(x, 1))
-        branches = [self.conv1x1(x), *(b(x) for b in self.atrous),
-                    _upsample(pooled, x.shape[2:])]
+        branches = [_upsample(pooled, x.shape[2:]), self.conv1x1(x), *(b(x) for b in self.atrous)]
         return self.dropout(self.project(torch.cat(branches, 1)))
 
 
