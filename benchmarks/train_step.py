@@ -80,14 +80,14 @@ def build(cfg, device):
 
 # Where a step reads its loss on the host: "before" the backward, as train.py's loop has done (a
 # device-to-host synchronisation inside the step), or "after" the update.
-LOSS_READ = "before"
+LOSS_READ = "after"
 
 
 def forward_loss(model, images, labels, device, read):
     """The batch moved to ``device``, the forward and the loss -> (loss Tensor, its value when
-    ``read``, else None)."""
+    ``read``, else None). The labels go in as NumPy: checked on the host, before they move."""
     logits = model(Tensor(images, device=device))
-    loss = F.softmax_cross_entropy(logits, Tensor(labels, device=device))
+    loss = F.softmax_cross_entropy(logits, labels)
     return loss, (float(loss.item()) if read else None)
 
 

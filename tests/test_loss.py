@@ -8,6 +8,7 @@ from scipy import special
 import minideeplab.functional as F
 from minideeplab import Tensor
 from minideeplab.device import get_device
+from minideeplab.emu.runner import check_mode
 from tests.conftest import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -99,6 +100,21 @@ def test_label_out_of_range_names_the_value(device, bad):
     labels[0, 1, 2] = bad
     with pytest.raises(ValueError, match=rf"label {bad} outside \[0, 4\)"):
         F.softmax_cross_entropy(Tensor(logits, device=device), labels)
+
+
+def test_unchecked_device_labels_out_of_range_give_nan():
+    """Outside the checking mode, labels already on a kernel device are not checked (that would
+    be a device-to-host sync in every step): the kernels give their pixels a NaN loss and
+    gradient. Labels from the host are checked before they move."""
+    logits, labels = case((1, 4, 2, 3), np.float32)
+    labels[0, 1, 2] = 7
+    t = Tensor(logits, requires_grad=True, device="emu")
+    with check_mode(False):
+        loss = F.softmax_cross_entropy(t, Tensor(labels, device="emu"))
+        loss.backward()
+        assert np.isnan(loss.item()) and np.isnan(t.grad).any()
+        with pytest.raises(ValueError, match=r"label 7 outside \[0, 4\)"):
+            F.softmax_cross_entropy(t, labels)
 
 
 def test_bad_shapes_raise(device):

@@ -10,6 +10,14 @@ BLOCK = 256  # threads per block of every launch: a power of two, for the tree r
 MAX_GRID = 4096  # grid-stride loops cover larger sizes; keeps the emulator's block count bounded
 
 
+def full_checks():
+    """True where every launch checks all its arguments, not once per (kernel, grid, argument
+    shapes, dtypes, strides, values), and device values (labels) are checked at a sync: the
+    tests' checking mode, ``MINIDEEPLAB_EMU_CHECK=1`` or ``emu.runner.check_mode()``."""
+    from ..emu.runner import checking
+    return checking()
+
+
 def grid_1d(n):
     """Blocks for a 1-D grid-stride loop over ``n`` elements."""
     return (max(1, min((int(n) + BLOCK - 1) // BLOCK, MAX_GRID)),)
