@@ -148,6 +148,29 @@ def test_arguments_are_checked():
         launch("shifted_read", 1, (64, 32), (y, y, 8, 0))
 
 
+def test_outside_the_checking_mode_each_signature_is_checked_once(monkeypatch):
+    checked = []
+    full = loader.convert_args
+    monkeypatch.setattr(loader, "convert_args", lambda *a: checked.append(1) or full(*a))
+    x, y = np.arange(8.0), np.zeros(8)
+    with runner.check_mode(False):
+        for _ in range(3):  # one signature: checked once, then trusted
+            launch("shifted_read", 1, 8, (x, y, 8, 0))
+        assert len(checked) == 1 and (y == x).all()
+        # Another shape, stride, dtype, integer or writeability: a new signature, checked.
+        with pytest.raises(ValueError, match=r"argument 'x' .* \(strided\)"):
+            launch("shifted_read", 1, 8, (np.zeros(16)[::2], y, 8, 0))
+        y.flags.writeable = False
+        with pytest.raises(ValueError, match="argument 'y' .* is written, but the array is read-"):
+            launch("shifted_read", 1, 8, (x, y, 8, 0))
+        with pytest.raises(ValueError, match=r"does not fit in int64"):
+            launch("shifted_read", 1, 8, (x, np.zeros(8), 8, 2**63))
+    with runner.check_mode(True):  # the tests' mode: every launch is checked
+        launch("shifted_read", 1, 8, (x, np.zeros(8), 8, 0))
+        launch("shifted_read", 1, 8, (x, np.zeros(8), 8, 0))
+    assert len(checked) == 6
+
+
 def test_the_cache_reuses_a_build(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
     monkeypatch.setattr(loader, "_modules", {})

@@ -115,6 +115,10 @@ class EmuModule(Module):
         lib.emu_guard_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self._fault = ctypes.c_size_t.in_dll(lib, "emu_fault_addr")
 
+    @staticmethod
+    def _writeable(a):
+        return a.flags.writeable
+
     def _call(self, kernel, grid, block, values):
         check = checking()
         with _lock:

@@ -258,6 +258,7 @@ class Module:
     def __init__(self, source):
         self.source = source
         self.path, self.real, self.kernels = source.path, source.real, source.kernels
+        self._checked = {}  # launch signature -> Kernel: launches checked in full once
 
     def kernel(self, name, grid=None, block=None):
         """The signature of ``name``, after checking the launch shape when one is given."""
@@ -269,9 +270,39 @@ class Module:
         return self.kernels[name]
 
     def launch(self, kernel, grid, block, args):
-        """Run ``kernel`` over ``grid`` blocks of ``block`` threads (3-tuples) on ``args``."""
-        k = self.kernel(kernel, grid, block)
-        self._call(k, grid, block, convert_args(k, args, self.array_type))
+        """Run ``kernel`` over ``grid`` blocks of ``block`` threads (3-tuples) on ``args``.
+
+        The launch shape and the arguments are checked in full (``check_launch``,
+        ``convert_args``) once per signature: kernel, grid, block, and per argument its type, and
+        an array's shape, strides and dtype (and, on NumPy, writeability), an integer's value, a
+        float's type only. A launch with a signature seen before is trusted; under
+        ``kernels.full_checks()`` (the tests) every launch is checked."""
+        from . import full_checks
+        if full_checks():
+            k = self.kernel(kernel, grid, block)
+            self._call(k, grid, block, convert_args(k, args, self.array_type))
+            return
+        key = (kernel, grid, block, *map(self._signature, args))
+        k = self._checked.get(key)
+        if k is None:
+            k = self.kernel(kernel, grid, block)
+            values = convert_args(k, args, self.array_type)
+            if len(self._checked) >= 4096:  # bounded: integer arguments are part of the key
+                self._checked.clear()
+            self._checked[key] = k
+        else:
+            values = [a if p.pointer else p.dtype.type(a) for p, a in zip(k.params, args)]
+        self._call(k, grid, block, values)
+
+    def _signature(self, a):
+        """What ``convert_args`` checks of one argument, as a key of ``_checked``."""
+        if isinstance(a, self.array_type):
+            return type(a), a.shape, a.strides, a.dtype, self._writeable(a)
+        return (type(a),) if isinstance(a, float) else (type(a), a)
+
+    @staticmethod
+    def _writeable(a):
+        return True  # CuPy arrays have no read-only flag
 
     def _call(self, kernel, grid, block, values):
         raise NotImplementedError
