@@ -16,28 +16,55 @@ def _is_1d(p):
     return p.ndim <= 1
 
 
+def _address(a):
+    """Where array ``a``'s data starts, for a kernel that reads it through a table (NumPy on
+    ``emu``, CuPy on ``cuda``)."""
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
 class SGDUpdate(Op):
-    """One parameter's step of ``SGD``, in place: ``run(dev, p, grad, buf)``; ``buf`` is the
-    momentum buffer (None without momentum), ``weight_decay`` 0 for a parameter without decay."""
+    """One step of ``SGD`` over several parameters, in place: ``run(dev, params, grads, buffers,
+    decay, flat)``, lists of the parameters' arrays, their gradients, their momentum buffers
+    (views of ``flat``; None without momentum) and whether each is decayed."""
 
     def __init__(self, lr, momentum, weight_decay, nesterov):
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
         self.weight_decay = weight_decay
 
-    def forward_cpu(self, p, g, buf):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
-        if self.momentum:
-            buf *= self.momentum
-            buf += g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p -= self.lr * g
+    def forward_cpu(self, params, grads, buffers, decay, flat):
+        # Parameter by parameter: NumPy gains nothing from one pass (no launches to save).
+        for p, g, buf, d in zip(params, grads, buffers, decay):
+            if d and self.weight_decay:
+                g = g + self.weight_decay * p
+            if self.momentum:
+                buf *= self.momentum
+                buf += g
+                g = g + self.momentum * buf if self.nesterov else buf
+            p -= self.lr * g
 
-    def forward_kernel(self, p, g, buf):
-        # Without momentum the kernel never touches its buffer argument: p stands in for it.
+    def check(self, params, grads, buffers, decay, flat):
+        for p, g in zip(params, grads):
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(f"SGD: gradient {g.dtype} {g.shape} for a parameter {p.dtype} "
+                                 f"{p.shape}")
+
+    def forward_kernel(self, params, grads, buffers, decay, flat):
+        """One ``sgd_update`` launch over all of them, which finds each parameter, gradient and
+        buffer through a table of addresses and offsets (kernels/optim.cu)."""
+        xp = self.dev.xp
+        if not all(p.flags.c_contiguous and p.dtype == flat.dtype for p in params):
+            raise ValueError(f"SGD on {self.dev}: parameters must be C-contiguous arrays of one "
+                             f"dtype ({flat.dtype}), updated in place through their addresses")
+        grads = [xp.ascontiguousarray(g) for g in grads]  # a copy only where strided
+        sizes = [p.size for p in params]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        offsets = [0 if b is None else (_address(b) - _address(flat)) // flat.itemsize
+                   for b in buffers]
+        table = np.array([*map(_address, params), *map(_address, grads), *starts, *offsets,
+                          *map(int, decay)], dtype=np.int64)
         launch(self.dev, "optim", "sgd_update",
-               (p, g, p if buf is None else buf, self.lr, self.momentum, self.weight_decay,
-                int(self.nesterov), p.size), n=p.size)
+               (self.dev.asarray(table), flat, self.lr, self.momentum, self.weight_decay,
+                int(self.nesterov), len(params), int(starts[-1])), n=int(starts[-1]))
 
 
 class SGD:
@@ -48,8 +75,10 @@ class SGD:
     ``ndim <= 1`` (BN gamma/beta and conv biases), as is usual: shrinking them towards 0 fights
     normalisation rather than regularising. Pass ``no_decay=lambda p: False`` to decay all.
     ``lr`` is a plain attribute: set ``opt.lr = poly_lr(...)`` before each step.
-    Each parameter's update is an ``SGDUpdate``: on ``cuda`` and ``emu`` one ``sgd_update``
-    launch (kernels/optim.cu); on ``cpu`` NumPy, the same operations in the same order.
+    The momentum buffers are views of one flat buffer per device and dtype; a step is one
+    ``SGDUpdate`` over every parameter that has a gradient: on ``cuda`` and ``emu`` one
+    ``sgd_update`` launch (kernels/optim.cu), on ``cpu`` NumPy, parameter by parameter, the same
+    operations in the same order.
     """
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False, no_decay=_is_1d):
@@ -63,21 +92,42 @@ class SGD:
         self.weight_decay = weight_decay
         self.decay = [not no_decay(p) for p in self.params]
         self.buffers = [None] * len(self.params)
+        self._flat = {}  # (device, dtype) -> the flat buffer the momentum buffers are views of
+
+    def _buffer(self, i):
+        """``params[i]``'s momentum buffer, zero at first: a view of the flat buffer of its
+        device and dtype, which holds every such parameter's buffer."""
+        p = self.params[i]
+        key = (p.device, p.dtype)
+        if key not in self._flat:
+            sizes = [q.size if (q.device, q.dtype) == key else 0 for q in self.params]
+            self._flat[key] = (p.device.xp.zeros(sum(sizes), p.dtype),
+                               np.concatenate([[0], np.cumsum(sizes)]))
+        flat, starts = self._flat[key]
+        return flat[starts[i]:starts[i + 1]].reshape(p.shape)
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
     def step(self):
-        """Update every parameter that has a gradient, in place (references stay valid)."""
+        """Update every parameter that has a gradient, in place (references stay valid): one
+        ``SGDUpdate`` per device and dtype."""
+        groups = {}
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            wd = self.weight_decay if self.decay[i] else 0.0
             if self.momentum and self.buffers[i] is None:
-                self.buffers[i] = p.device.xp.zeros_like(p.data)
-            update = SGDUpdate(self.lr, self.momentum, wd, self.nesterov)
-            update.run(p.device, p.data, p.grad, self.buffers[i])
+                self.buffers[i] = self._buffer(i)
+            groups.setdefault((p.device, p.dtype), []).append(i)
+        for (dev, dtype), idx in groups.items():
+            # Without momentum no buffer is read: one element of the dtype stands in for flat.
+            if (dev, dtype) not in self._flat:
+                self._flat[dev, dtype] = dev.xp.zeros(1, dtype), None
+            flat = self._flat[dev, dtype][0]
+            update = SGDUpdate(self.lr, self.momentum, self.weight_decay, self.nesterov)
+            update.run(dev, [self.params[i].data for i in idx], [self.params[i].grad for i in idx],
+                       [self.buffers[i] for i in idx], [self.decay[i] for i in idx], flat)
 
     def state_dict(self):
         """Flat dict of NumPy values (fits an ``.npz``): hyper-parameters and ``buf.<i>``, the
@@ -99,8 +149,12 @@ class SGD:
                 shape = self.params[i].shape if i < len(self.params) else "no such parameter"
                 raise ValueError(f"SGD.load_state_dict: {key} has shape {np.shape(value)}, "
                                  f"parameter: {shape}")
-            # A copy: the buffers are updated in place and must not alias the caller's state.
-            buffers[i] = self.params[i].device.asarray(np.array(value, dtype=self.params[i].dtype))
+            buffers[i] = value
         self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
         self.weight_decay, self.nesterov = float(state["weight_decay"]), bool(state["nesterov"])
-        self.buffers = buffers
+        self.buffers, self._flat = [None] * len(self.params), {}
+        for i, value in enumerate(buffers):
+            if value is not None:  # copied into the flat buffer: never aliases the caller's state
+                self.buffers[i] = self._buffer(i)
+                self.buffers[i][...] = self.params[i].device.asarray(
+                    np.asarray(value, dtype=self.params[i].dtype))
