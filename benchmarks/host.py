@@ -22,7 +22,9 @@ runs it) on ``emu``, which runs the ``cuda`` device's code path:
 - **graph memory**: the bytes of the distinct buffers that the autograd graph holds at the end of
   the forward (every array reachable from the loss's creator through the Functions' attributes,
   parameters and BN statistics left out: they outlive the step), next to the bytes of those of
-  them that the backward reads (an array argument of an op, ufunc or kernel during the backward).
+  them that the backward reads (an array argument of an op, ufunc or kernel during the backward),
+  on ``emu``: the ``cuda`` path's arrays. (The NumPy path makes some arrays with ``np.``
+  directly, not through ``xp``, so its reads are not all seen.)
 
 Kernels and syncs do not depend on the image size (one launch per op whatever the shape): they are
 counted at the small crop too. Graph memory is measured at the preset's size with the kernels
@@ -509,8 +511,8 @@ def main(argv=None):
         if name == "full":  # memory at batch 2 (BN needs 2 values a channel), times batch / 2
             r["batch_full"] = cfg["batch"]
             r["memory"] = {"emu": memory(cfg, "emu", *args.full_memory)}
-        else:  # the NumPy path too: its ops save other arrays
-            r["memory"] = {d: memory(cfg, d, cfg["batch"], cfg["crop"]) for d in ("emu", "cpu")}
+        else:
+            r["memory"] = {"emu": memory(cfg, "emu", cfg["batch"], cfg["crop"])}
         report(name, r)
     info["load_average_end"] = os.getloadavg()
     if args.json:

@@ -12,8 +12,6 @@ overrides ``forward`` and ``backward`` instead and checks its inputs there.
 where an input takes no gradient). ``self.dev`` is the device the inputs live on;
 ``self.needs_grad[i]`` tells backward which input gradients are wanted.
 """
-import weakref
-
 from . import config
 
 
@@ -63,12 +61,22 @@ class Function(Op):
         outputs = [Tensor(y, device=dev) for y in ((ys,) if single else ys)]
         if config.grad_enabled and any(self.needs_grad):
             self.generation = max(x.generation for x in inputs)
-            for out in outputs:
+            for i, out in enumerate(outputs):
                 out.creator, out.requires_grad, out.generation = self, True, self.generation + 1
-            self.inputs = inputs
-            # Weak references: the graph must not keep the outputs (and their memory) alive.
-            self.outputs = [weakref.ref(out) for out in outputs]
+                out.output_index = i
+            # Edges, not the input Tensors, whose arrays the graph would then keep alive: what
+            # the backward needs of its inputs, the op saved on self (ARCHITECTURE.md s. 4).
+            self.inputs = [_edge(x) for x in inputs]
+            self.n_outputs = len(outputs)
         return outputs[0] if single else tuple(outputs)
+
+    def release(self):
+        """Drop the edges and every array the forward saved: the backward has used them."""
+        xp = self.dev.xp
+        for name, value in list(vars(self).items()):
+            if isinstance(value, xp.ndarray):
+                delattr(self, name)
+        self.inputs = None
 
     def backward(self, *gys):
         return self.backward_kernel(*gys) if self.dev.uses_kernels else self.backward_cpu(*gys)
@@ -78,6 +86,15 @@ class Function(Op):
 
     def backward_kernel(self, *gys):
         raise _missing(self, "backward_kernel")
+
+
+def _edge(x):
+    """Where the gradient of input ``x`` goes: None (it takes none), the leaf Tensor ``x`` itself
+    (its ``.grad`` accumulates it), or ``(creator, output index)`` of a computed ``x``, which
+    keeps the creator (and so the graph behind it), not ``x``'s array."""
+    if not x.requires_grad:
+        return None
+    return x if x.creator is None else (x.creator, x.output_index)
 
 
 def _missing(op, path):

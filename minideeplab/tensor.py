@@ -29,6 +29,7 @@ class Tensor:
         self.grad = None
         self.creator = None
         self.generation = 0
+        self.output_index = 0  # which output of its creator this is
 
     # -- array facts ---------------------------------------------------------------------------
     shape = property(lambda self: self.data.shape)
@@ -78,7 +79,9 @@ class Tensor:
         if self.creator is None:
             self._accumulate(grad)
             return
-        grads = {self: grad}
+        # Gradients by (creator, output index): the graph holds no Tensors, so no arrays but
+        # those its Functions saved (ARCHITECTURE.md s. 4).
+        grads = {(self.creator, self.output_index): grad}
         order = itertools.count()  # tie-breaker: heapq never compares Functions
         heap = [(-self.creator.generation, next(order), self.creator)]
         queued = {self.creator}
@@ -87,23 +90,21 @@ class Tensor:
             if f.inputs is None:
                 raise ValueError("backward() through a graph already freed by an earlier "
                                  "backward(); pass retain_graph=True to the first call")
-            outs = [ref() for ref in f.outputs]
-            gys = [grads.pop(o, None) if o is not None else None for o in outs]
-            gxs = f.backward(*gys)
+            gxs = f.backward(*[grads.pop((f, i), None) for i in range(f.n_outputs)])
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            for x, gx in zip(f.inputs, gxs):
-                if gx is None or not x.requires_grad:
+            for edge, gx in zip(f.inputs, gxs):
+                if gx is None or edge is None:
                     continue
-                if x.creator is None:
-                    x._accumulate(gx)
-                else:
-                    grads[x] = gx if x not in grads else grads[x] + gx
-                    if x.creator not in queued:
-                        queued.add(x.creator)
-                        heapq.heappush(heap, (-x.creator.generation, next(order), x.creator))
+                if isinstance(edge, Tensor):
+                    edge._accumulate(gx)
+                    continue
+                grads[edge] = gx if edge not in grads else grads[edge] + gx
+                if edge[0] not in queued:
+                    queued.add(edge[0])
+                    heapq.heappush(heap, (-edge[0].generation, next(order), edge[0]))
             if not retain_graph:
-                f.inputs = None  # frees the saved activations as we go
+                f.release()  # frees the saved activations as we go
 
     def _accumulate(self, gx):
         if gx.shape != self.shape:

@@ -1,4 +1,6 @@
 """Autograd semantics (ARCHITECTURE.md section 4), checked against closed-form derivatives."""
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,26 @@ def test_to_and_numpy_round_trip(device):
     assert y.device == device and y.requires_grad
     np.testing.assert_array_equal(y.to("cpu").numpy(), x.numpy())
     assert isinstance(y.numpy(), np.ndarray)
+
+
+def test_the_graph_keeps_what_the_backward_needs_and_no_more():
+    """conv (1x1) -> batch norm -> ReLU -> conv (1x1) -> sum: the backward needs the first conv's
+    output (batch norm's input) and the ReLU's output (its mask, and the second conv's input);
+    batch norm's output, which only the ReLU reads, and the second conv's output are freed when
+    the forward is done (ARCHITECTURE.md s. 4). Measured with tracemalloc, which sees NumPy's
+    allocations."""
+    rng = np.random.default_rng(0)
+    x = mdl.Tensor(rng.standard_normal((4, 8, 32, 32)))
+    w1, w2 = (leaf(rng.standard_normal((8, 8, 1, 1))) for _ in range(2))
+    gamma, beta = leaf(np.ones(8)), leaf(np.zeros(8))
+    stats = [np.zeros(8), np.ones(8)]
+    activation = x.data.nbytes
+    tracemalloc.start()
+    try:
+        y = F.conv2d(F.relu(F.batch_norm(F.conv2d(x, w1), gamma, beta, *stats, True)), w2).sum()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert 2 * activation <= held < 2.05 * activation  # two activations and a few vectors
+    y.backward()
+    assert w1.grad.shape == w1.shape and gamma.grad.shape == gamma.shape
