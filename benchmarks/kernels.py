@@ -114,6 +114,7 @@ def im2col_case(n, cin, cout, hw, stride):
                      [mdl.Tensor(a[k], requires_grad=True, device=dev) for k in ("x", "w")]),
         {("fwd", "op"): (nbytes(x, w, y), fl), ("fwd", "im2col"): (nbytes(x, cols), 0),
          ("bwd", "op"): (nbytes(y, x, w, x, w), 2 * fl),
+         ("bwd", "im2col"): (nbytes(x, cols), 0),  # the backward builds the columns again
          ("bwd", "col2im"): (nbytes(cols, x), int(np.prod(cols)))},  # one add per column entry
         torch_rows)
 

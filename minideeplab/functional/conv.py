@@ -126,52 +126,87 @@ class _Conv(Function):
 
 
 class Conv2d(_Conv):
-    """Dense, strided, atrous, grouped and 1x1 convs: columns (im2col), then one batched GEMM over
-    the groups through ``xp.matmul``; a 1x1 stride-1 conv is that GEMM on x itself."""
+    """Dense, strided, atrous, grouped and 1x1 convs: columns (im2col), then GEMMs over the groups.
+
+    NumPy path: columns (N, groups, C/groups*taps, Ho*Wo) of the live taps, one batched GEMM
+    through ``xp.matmul`` (a 1x1 stride-1 conv is that GEMM on x itself); it keeps the columns.
+    Kernel path: columns (C*taps, N*Ho*Wo), every image in a row, so the forward, the weight
+    gradient and the column gradient are each one GEMM per group over the whole batch (a plain
+    GEMM when groups = 1, through cuBLAS without copies of transposed operands); the output and
+    the incoming gradient change between (N, Cout, .) and (Cout, N, .) with one copy each. It
+    keeps x, not the columns (kh*kw times larger), and builds them again for the backward; for a
+    1x1 stride-1 conv the columns are x with its first two axes swapped.
+    """
 
     def forward_cpu(self, x, w, b=None):
         # Only the taps that see the image: a tap that sees only padding would multiply zeros.
         self.live = None if _is_pointwise(self.g) else _taps(self.g)
-        return self._forward(self._im2col_cpu, x, w, b)
-
-    def forward_kernel(self, x, w, b=None):
-        self.live = None  # all kh*kw taps: the im2col kernel writes every one
-        return self._forward(self._im2col_kernel, x, w, b)
-
-    def backward_cpu(self, gy):
-        return self._backward(self._col2im_cpu, gy)
-
-    def backward_kernel(self, gy):
-        return self._backward(self._col2im_kernel, gy)
-
-    def _forward(self, im2col, x, w, b):
         g = self.g
         shape = (g.N, g.groups, g.C // g.groups * _n_taps(g, self.live), g.Ho * g.Wo)
-        self.cols = x.reshape(shape) if _is_pointwise(g) else im2col(x, shape)
+        self.cols = x.reshape(shape) if _is_pointwise(g) else self._im2col_cpu(x, shape)
         self.w = self._gemm_weight(w)
-        y = self.dev.xp.matmul(self.w, self.cols)
+        y = np.matmul(self.w, self.cols)
         return self._add_bias(y.reshape(g.N, g.Cout, g.Ho, g.Wo), b)
 
-    def _backward(self, col2im, gy):
-        g, xp = self.g, self.dev.xp
+    def backward_cpu(self, gy):
+        g = self.g
         gb = self._bias_grad(gy)
         G = g.groups
-        gy = xp.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
+        gy = np.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
         gx = gw = None
         if self.needs_grad[0]:
-            gcols = xp.matmul(self.w.transpose(0, 2, 1), gy)
-            gx = gcols.reshape(g.N, g.C, g.H, g.W) if _is_pointwise(g) else col2im(gcols)
+            gcols = np.matmul(self.w.transpose(0, 2, 1), gy)
+            gx = gcols.reshape(g.N, g.C, g.H, g.W) if _is_pointwise(g) else self._col2im_cpu(gcols)
         if self.needs_grad[1]:
             # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
-            gw_taps = xp.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
+            gw_taps = np.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
             for n in range(1, g.N):
-                gw_taps += xp.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
+                gw_taps += np.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
             gw = gw_taps.reshape(g.Cout, g.C // G, -1)
             if self._dead_taps():  # their weights multiplied zeros: gradient 0
-                gw = xp.zeros((g.Cout, g.C // G, g.kh * g.kw), gy.dtype)
+                gw = np.zeros((g.Cout, g.C // G, g.kh * g.kw), gy.dtype)
                 gw[:, :, [t for t, _, _ in self.live]] = gw_taps.reshape(g.Cout, g.C // G, -1)
             gw = gw.reshape(g.Cout, g.C // G, g.kh, g.kw)
         return gx, gw, gb
+
+    def forward_kernel(self, x, w, b=None):
+        g = self.g
+        self.live = None  # all kh*kw taps: the im2col kernel writes every one
+        self.x, self.w = x, self._gemm_weight(w)
+        y = _gemm(self.dev.xp, self.w, self._columns_kernel(x))  # (G, Cout/G, N*Ho*Wo)
+        y = _swap_batch(self.dev.xp, y.reshape(g.Cout, g.N, g.Ho * g.Wo))
+        return self._add_bias(y.reshape(g.N, g.Cout, g.Ho, g.Wo), b)
+
+    def backward_kernel(self, gy):
+        g, xp = self.g, self.dev.xp
+        gb = self._bias_grad(gy)
+        gyt = _swap_batch(xp, gy.reshape(g.N, g.Cout, g.Ho * g.Wo))  # (Cout, N, Ho*Wo)
+        gyt = gyt.reshape(g.groups, g.Cout // g.groups, -1)
+        gx = gw = None
+        if self.needs_grad[1]:
+            cols = self._columns_kernel(self.x)
+            gw = _gemm(xp, gyt, cols, transpose_b=True).reshape(g.Cout, g.C // g.groups,
+                                                                  g.kh, g.kw)
+        if self.needs_grad[0]:
+            gcols = _gemm(xp, self.w, gyt, transpose_a=True)  # (G, C/G*taps, N*Ho*Wo)
+            if _is_pointwise(g):
+                gx = _swap_batch(xp, gcols.reshape(g.C, g.N, g.H * g.W))
+            else:
+                gx = xp.empty((g.N, g.C, g.H, g.W), gy.dtype)  # col2im writes every pixel
+                launch(self.dev, "conv", "col2im", (gcols, gx) + _geom_args(g), n=gx.size)
+            gx = gx.reshape(g.N, g.C, g.H, g.W)
+        return gx, gw, gb
+
+    def _columns_kernel(self, x):
+        """The kernel path's columns (groups, C/groups*taps, N*Ho*Wo) of x: im2col's, or for a 1x1
+        stride-1 conv x with its first two axes swapped."""
+        g = self.g
+        if _is_pointwise(g):
+            cols = _swap_batch(self.dev.xp, x.reshape(g.N, g.C, g.H * g.W))
+        else:
+            cols = self.dev.xp.empty((g.C * g.kh * g.kw, g.N * g.Ho * g.Wo), x.dtype)
+            launch(self.dev, "conv", "im2col", (x, cols) + _geom_args(g), n=cols.size)
+        return cols.reshape(g.groups, -1, g.N * g.Ho * g.Wo)
 
     def _dead_taps(self):
         return _n_taps(self.g, self.live) < self.g.kh * self.g.kw
@@ -194,11 +229,6 @@ class Conv2d(_Conv):
             view[:, :, k][(..., *out)] = x[(..., *inp)]
         return cols
 
-    def _im2col_kernel(self, x, shape):
-        cols = self.dev.xp.empty(shape, x.dtype)
-        launch(self.dev, "conv", "im2col", (x, cols) + _geom_args(self.g), n=cols.size)
-        return cols
-
     def _col2im_cpu(self, cols):
         """The adjoint of im2col: add every column entry back onto the input pixel it came from."""
         g = self.g
@@ -208,11 +238,21 @@ class Conv2d(_Conv):
             gx[(..., *inp)] += view[:, :, k][(..., *out)]
         return gx
 
-    def _col2im_kernel(self, cols):
-        g = self.g
-        gx = self.dev.xp.empty((g.N, g.C, g.H, g.W), cols.dtype)  # the kernel writes every pixel
-        launch(self.dev, "conv", "col2im", (cols, gx) + _geom_args(g), n=gx.size)
-        return gx
+
+def _swap_batch(xp, a):
+    """(A, B, L) -> a C-contiguous (B, A, L): one copy (NCHW and the GEMMs' channels-first)."""
+    return xp.ascontiguousarray(a.transpose(1, 0, 2))
+
+
+def _gemm(xp, a, b, transpose_a=False, transpose_b=False):
+    """a[g] @ b[g] over the leading (groups) axis, an operand transposed as asked. One group (every
+    conv but a grouped one) is a plain 2-D GEMM: cuBLAS takes a transposed operand as it is,
+    where a batched matmul would copy it."""
+    a = a.swapaxes(-1, -2) if transpose_a else a
+    b = b.swapaxes(-1, -2) if transpose_b else b
+    if a.shape[0] == 1:
+        return (a[0] @ b[0])[None]
+    return xp.matmul(a, b)
 
 
 # -- depthwise -------------------------------------------------------------------------------

@@ -10,19 +10,21 @@
 
 #include "block_reduce.cuh"
 
-// One thread: column element idx = ((((n*C + c)*kh + i)*kw + j)*Ho + ho)*Wo + wo, i.e. the input
-// pixel under tap (i, j) of channel c for output pixel (ho, wo), or 0 on padding.
-// Launch: 1-D, grid_1d(n), n = N*C*kh*kw*Ho*Wo. Bytes per output element: reads at most 1 real,
+// One thread: column element idx = ((((c*kh + i)*kw + j)*N + n)*Ho + ho)*Wo + wo of the
+// (C*kh*kw, N*Ho*Wo) column matrix, i.e. the input pixel under tap (i, j) of channel c for output
+// pixel (ho, wo) of image n, or 0 on padding. A row holds every image, so one GEMM with the
+// weights (Cout, C*kh*kw) covers the batch.
+// Launch: 1-D, grid_1d(n), n = C*kh*kw*N*Ho*Wo. Bytes per output element: reads at most 1 real,
 // writes 1.
 extern "C" __global__ void im2col(const real* __restrict__ x, real* __restrict__ cols, int N,
                                   int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
                                   int pw, int dh, int dw, int Ho, int Wo) {
   const int HoWo = Ho * Wo, total = N * C * kh * kw * HoWo, step = gridDim.x * blockDim.x;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int wo = idx % Wo, ho = idx / Wo % Ho, tap = idx / HoWo;
-    const int j = tap % kw, i = tap / kw % kh, nc = tap / (kw * kh);
+    const int wo = idx % Wo, ho = idx / Wo % Ho, n = idx / HoWo % N, tap = idx / (HoWo * N);
+    const int j = tap % kw, i = tap / kw % kh, c = tap / (kw * kh);
     const int h = ho * sh - ph + i * dh, w = wo * sw - pw + j * dw;
-    cols[idx] = (h >= 0 && h < H && w >= 0 && w < W) ? x[(nc * H + h) * W + w] : (real)0;
+    cols[idx] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * C + c) * H + h) * W + w] : (real)0;
   }
 }
 
@@ -36,23 +38,24 @@ __device__ __forceinline__ int tap_output(int p, int t, int pad, int d, int s, i
 
 // One thread: gx[n, c, h, w] = the sum of the column entries im2col copied from pixel (h, w), i.e.
 // over the taps (i, j) with (h + ph - i*dh) a multiple of sh giving an output row in [0, Ho)
-// (columns alike). Gathering per input pixel instead of scattering per column needs no atomics.
+// (columns alike), in im2col's layout (C*kh*kw, N*Ho*Wo). Gathering per input pixel instead of
+// scattering per column needs no atomics.
 // Launch: 1-D, grid_1d(n), n = N*C*H*W. Bytes per output element: reads at most kh*kw reals,
 // writes 1.
 extern "C" __global__ void col2im(const real* __restrict__ cols, real* __restrict__ gx, int N,
                                   int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
                                   int pw, int dh, int dw, int Ho, int Wo) {
-  const int total = N * C * H * W, step = gridDim.x * blockDim.x;
+  const int total = N * C * H * W, step = gridDim.x * blockDim.x, HoWo = Ho * Wo;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int w = idx % W, h = idx / W % H, nc = idx / (W * H);
-    const real* colc = cols + nc * kh * kw * Ho * Wo;
+    const int w = idx % W, h = idx / W % H, c = idx / (W * H) % C, n = idx / (W * H * C);
+    const real* colc = cols + (c * kh * kw * N + n) * HoWo;  // tap (0, 0) of image n
     real s = 0;
     for (int i = 0; i < kh; ++i) {
       const int ho = tap_output(h, i, ph, dh, sh, Ho);
       if (ho < 0) continue;
       for (int j = 0; j < kw; ++j) {
         const int wo = tap_output(w, j, pw, dw, sw, Wo);
-        if (wo >= 0) s += colc[((i * kw + j) * Ho + ho) * Wo + wo];
+        if (wo >= 0) s += colc[(i * kw + j) * N * HoWo + ho * Wo + wo];
       }
     }
     gx[idx] = s;
