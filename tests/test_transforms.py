@@ -1,11 +1,12 @@
-"""Augmentation keeps image and label aligned; padding values; the batch loader (ARCHITECTURE.md
-s. 8)."""
+"""Augmentation keeps image and label aligned; the official scales, resizes and padding values;
+the batch loader (ARCHITECTURE.md s. 8)."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from minideeplab.data.transforms import (EvalTransform, Loader, TrainTransform, normalize,
-                                         random_scale, to_chw)
+from minideeplab.data.transforms import (EvalTransform, Loader, TrainTransform,
+                                         random_scale, resize_image, resize_label, scale_factors,
+                                         to_chw)
 
 
 def encoded(h=48, w=40, block=8, seed=0):
@@ -52,30 +53,70 @@ def test_flip_mirrors_both():
     assert 0 < flips < 6
 
 
-def test_padding_uses_mean_and_ignore():
+def test_padding_is_the_mean_pixel_and_ignore():
     image = np.full((10, 12, 3), 7, np.uint8)
     label = np.ones((10, 12), np.uint8)
     out, lab = TrainTransform(crop=16, scale_range=None, flip=False)(image, label,
                                                                     np.random.default_rng(0))
     pad = lab == 255
     assert pad.sum() == 16 * 16 - 10 * 12 and (lab[~pad] == 1).all()
-    np.testing.assert_allclose(out[pad], normalize(np.full(3, 128, np.uint8)).reshape(1, 3).repeat(
-        pad.sum(), 0))  # the mean colour, which normalises to ~0
-    assert np.abs(out[pad]).max() < 0.01
-    np.testing.assert_allclose(out[~pad], (7 / 255 - 0.5) / 0.5, rtol=1e-6)
+    assert (out[pad] == 0).all()  # the mean pixel 127.5, normalised: exactly 0
+    np.testing.assert_allclose(out[~pad], 7 / 127.5 - 1, rtol=1e-6)
     e_img, e_lab = EvalTransform(pad_to=16)(image, label)
     assert e_img.shape == (16, 16, 3) and (e_lab[10:] == 255).all() and (e_lab[:10, :12] == 1).all()
+    assert (e_img[10:] == 0).all() and (e_img[:, 12:] == 0).all()
+    np.testing.assert_allclose(e_img[:10, :12], 7 / 127.5 - 1, rtol=1e-6)
 
 
-def test_random_scale_range_and_interpolation():
-    image, label, _ = encoded()
+OFFICIAL_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]  # train.py's defaults: 0.5 to 2 by 0.25
+
+
+def test_scale_set_is_the_official_one():
+    np.testing.assert_array_equal(scale_factors(), OFFICIAL_SCALES)
+    np.testing.assert_array_equal(scale_factors((0.5, 1.5), 0.5), [0.5, 1.0, 1.5])
+
+
+def test_random_scale_draws_each_official_scale():
+    image, label, _ = encoded(h=48, w=40)
+    image = image.astype(np.float32)
     sizes = []
-    for seed in range(20):
+    for seed in range(200):
         img, lab = random_scale(image, label, np.random.default_rng(seed))
         assert img.shape[:2] == lab.shape and lab.dtype == np.uint8
         assert set(np.unique(lab)) <= set(np.unique(label))  # nearest: no blended classes
-        sizes.append(lab.shape[0] / 48)
-    assert 0.5 <= min(sizes) < 0.8 and 1.5 < max(sizes) <= 2.0
+        sizes.append(lab.shape)
+    # TensorFlow truncates H * s: 48 x 40 at 1.25 is 60 x 50, at 0.75 36 x 30
+    expected = {(int(48 * s), int(40 * s)) for s in OFFICIAL_SCALES}
+    assert set(sizes) == expected
+    counts = np.array([sizes.count(e) for e in expected])
+    assert counts.min() > 10  # each of the 7 about 200 / 7 = 29 times
+    uniform = {random_scale(image, label, np.random.default_rng(s), step=0)[1].shape
+               for s in range(20)}
+    assert len(uniform - expected) > 10  # step 0: any scale in [0.5, 2)
+    same = random_scale(image, label, np.random.default_rng(0), (0.75, 0.75))
+    assert same[1].shape == (36, 30)
+
+
+def test_resizes_are_tensorflows_align_corners():
+    """Against scipy's linear interpolation and a loop: output pixel i samples the input at
+    i * (n - 1) / (m - 1); the label takes the nearest pixel, halves rounded up."""
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((7, 9, 3)).astype(np.float32)
+    label = rng.integers(0, 21, (7, 9)).astype(np.uint8)
+    for size in [(13, 17), (4, 5), (7, 9), (3, 20)]:
+        ys = np.arange(size[0]) * (6 / (size[0] - 1))
+        xs = np.arange(size[1]) * (8 / (size[1] - 1))
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        ref = np.stack([ndimage.map_coordinates(image[..., c].astype(np.float64), [yy, xx],
+                                                order=1) for c in range(3)], -1)
+        np.testing.assert_allclose(resize_image(image, size), ref, atol=1e-5)
+        near = np.empty(size, np.uint8)
+        for i in range(size[0]):
+            for j in range(size[1]):
+                near[i, j] = label[int(ys[i] + 0.5), int(xs[j] + 0.5)]
+        np.testing.assert_array_equal(resize_label(label, size), near)
+    with pytest.raises(ValueError, match="float image"):
+        resize_image(image.astype(np.uint8), (3, 3))
 
 
 class Items:

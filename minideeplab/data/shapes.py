@@ -103,6 +103,7 @@ class ShapesDataset:
     classes = CLASSES
     num_classes = len(CLASSES)
     ignore_index = 255
+    eval_crop = None  # every image has the training crop's size: scored as it is, in batches
 
     def __init__(self, split="train", size=2000, image_size=64, seed=0, **kwargs):
         if split not in SPLITS:

@@ -6,6 +6,9 @@
 ``train_aug``: ids from ``ImageSets/Segmentation/train_aug.txt``, labels from
 ``SegmentationClassAug/<id>.png`` (palette or 8-bit grey PNGs of indices, the layout DeepLab's
 scripts produce). Items are (image uint8 (H, W, 3) RGB, label uint8 (H, W)).
+
+The paper trains on ``train_aug`` (10,582 images: VOC train plus SBD, none of them in val) and
+scores ``val`` (1,449) padded to 513 x 513, the official ``eval_crop_size``.
 """
 import os
 
@@ -51,6 +54,12 @@ def read_label(path):
     return np.asarray(img)
 
 
+def default_train_split(root):
+    """``train_aug`` when its list is under ``root`` (the paper's training set), else ``train``."""
+    aug = os.path.join(root, "ImageSets", "Segmentation", "train_aug.txt")
+    return "train_aug" if os.path.isfile(aug) else "train"
+
+
 class VOCSegmentation:
     """PASCAL VOC 2012 ``split`` ("train", "val", "trainval" or "train_aug") under ``root``; files
     are checked to exist up front and read on access."""
@@ -58,6 +67,9 @@ class VOCSegmentation:
     classes = CLASSES
     num_classes = len(CLASSES)
     ignore_index = 255
+    # The official eval.py's eval_crop_size for VOC: every val image (at most 500 x 500) is padded
+    # to it with the mean pixel and 255, so each is seen as in training, at the crop size.
+    eval_crop = 513
 
     def __init__(self, root, split="train"):
         if split not in LABEL_DIRS:
@@ -67,6 +79,7 @@ class VOCSegmentation:
         lst = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
         if not os.path.isfile(lst):
             raise FileNotFoundError(f"VOC list not found: {lst}")
+        self.split = split
         with open(lst) as f:
             self.ids = [line.split()[0] for line in f if line.strip()]
         self.files = [(os.path.join(root, "JPEGImages", f"{i}.jpg"),
