@@ -141,3 +141,68 @@ def test_kernel_path_refuses_mixed_dtypes(device):
     with pytest.raises(ValueError, match="dtype float32.*got float32, float32, float64, float64"):
         F.batch_norm(x, w, w, rm, rv, True)
     np.testing.assert_array_equal(get_device("cpu").asarray(rm), 0)  # nothing was updated
+
+
+# -- batch norm fused with the ReLU (batch_norm(..., relu=True)) -------------------------------
+# A shape whose channels split over several blocks in the kernels' reductions (norm.splits).
+SPLIT_SHAPE = (8, 5, 40, 40)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [SPLIT_SHAPE])
+def test_fused_relu_forward_backward_and_running_stats(device, shape, dtype):
+    x, gy = data(shape, dtype, shift=3.0), data(shape, dtype, seed=1)
+    C = shape[1]
+    gamma, beta = data(C, dtype, seed=2), data(C, dtype, seed=3)
+    running = data(C, dtype, seed=4), data(C, dtype, seed=5) ** 2
+    y, gx, dgamma, dbeta, rm, rv = run(device, x, gamma, beta, gy, running, True, momentum=0.3,
+                                       relu=True)
+    ry, mean, var, _, _, _ = reference(x, gamma, beta, gy)
+    # The ReLU's chain rule: batch norm's backward of gy where its output is positive.
+    _, _, _, rgx, rdgamma, rdbeta = reference(x, gamma, beta, gy * (ry > 0))
+    m = x.size // C
+    kind = "float32_long" if dtype == np.float32 else None
+    for actual, expected in [(y, np.maximum(ry, 0)), (gx, rgx), (dgamma, rdgamma),
+                             (dbeta, rdbeta), (rm, 0.7 * running[0] + 0.3 * mean),
+                             (rv, 0.7 * running[1] + 0.3 * var * m / (m - 1))]:
+        assert actual.dtype == dtype
+        assert_close(actual, expected, dtype=dtype, kind=kind)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), SPLIT_SHAPE])
+def test_fused_relu_agrees_with_batch_norm_then_relu(device, shape, training):
+    """float64: the fused op's numbers are batch_norm's followed by relu's, to round-off (on cpu
+    bit for bit: the same operations in the same order)."""
+    x, gy = data(shape, np.float64, shift=1.0, scale=2.0), data(shape, np.float64, seed=1)
+    C = shape[1]
+    gamma, beta = data(C, np.float64, seed=2), data(C, np.float64, seed=3)
+    running = data(C, np.float64, seed=4), data(C, np.float64, seed=5) ** 2
+    dev = get_device(device)
+    results = []
+    for relu in (False, True):
+        ts = [Tensor(a, requires_grad=True, device=device) for a in (x, gamma, beta)]
+        rm, rv = (dev.asarray(r.copy()) for r in running)
+        y = F.batch_norm(*ts, rm, rv, training, relu=relu)
+        y = y if relu else F.relu(y)
+        y.backward(dev.asarray(gy))
+        results.append([y.data] + [t.grad for t in ts] + [rm, rv])
+    for fused, unfused in zip(*results):
+        if device == "cpu":
+            np.testing.assert_array_equal(fused, unfused)
+        else:
+            assert_close(fused, get_device("cpu").asarray(unfused))
+
+
+def test_fused_relu_large_mean_keeps_precision_float32(device):
+    """The split sums are taken about each channel's first element (shifted data): 1e4 + unit
+    noise keeps its variance to float32 precision, as the two-pass statistics do."""
+    shape = (3, 4, 9, 10)
+    x, gy = data(shape, np.float32, shift=1e4), data(shape, np.float32, seed=1)
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, _, _, _, _, rv = run(device, x, ones, zeros, gy, (zeros, ones), True, momentum=1.0,
+                            relu=True)
+    ry, _, var, _, _, _ = reference(x, ones, zeros, gy)
+    m = x.size // 4
+    assert_close(rv, var * m / (m - 1), kind="float32_long")
+    np.testing.assert_allclose(get_device("cpu").asarray(y), np.maximum(ry, 0), atol=2e-3)

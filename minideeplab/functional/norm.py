@@ -8,10 +8,14 @@ evaluation uses the running statistics. The variance is a sum of squared deviati
 On ``cuda`` and ``emu`` (kernels/norm.cu) a forward is channel_sum, bn_moments, bn_statistics and
 bn_forward (eval: the last two), a backward bn_moments, bn_backward_coefficients and
 bn_backward_dx: the per-channel arithmetic runs in one launch, not as a dozen array operations
-that each cost a launch.
+that each cost a launch. ``batch_norm(..., relu=True)`` is batch norm and the ReLU after it as one
+op, ``BatchNormReLU``, on kernels of its own (three launches each way, the statistics in one
+pass split over several blocks per channel).
 """
+import numpy as np
+
 from ..function import Function
-from ..kernels import launch
+from ..kernels import BLOCK, launch
 from ..tensor import Tensor
 from .reduce import channel_sum
 
@@ -67,12 +71,15 @@ class BatchNorm(Function):
         y += beta[:, None]
         return y.reshape(x.shape)
 
-    def forward_kernel(self, x, gamma, beta):
+    def _check_dtypes(self, x, gamma, beta):
         if any(a.dtype != x.dtype for a in [gamma, beta] + self.running):
             raise ValueError(f"batch_norm on {self.dev}: gamma, beta, running_mean and running_var "
                              f"must have x's dtype {x.dtype} (the kernels take one real type); "
                              f"got {gamma.dtype}, {beta.dtype}, {self.running[0].dtype}, "
                              f"{self.running[1].dtype}")
+
+    def forward_kernel(self, x, gamma, beta):
+        self._check_dtypes(x, gamma, beta)
         dev, x3, (C, L) = self.dev, self.x3, self.x3.shape[1:]
         stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
         sums = moments = gamma  # eval: bn_statistics reads neither
@@ -129,9 +136,81 @@ class BatchNorm(Function):
         return dx.reshape(gy.shape), dgamma, moments[0]  # views of coef and moments: no copies
 
 
-def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5):
-    """Normalise each channel of NCHW ``x``, then scale by ``gamma`` and shift by ``beta``.
+# Blocks per channel of the fused op's split sums: about SPLIT_ELEMENTS elements a block (a few a
+# thread), at most MAX_SPLITS; a function of the shape alone, so the sums' order is fixed.
+SPLIT_ELEMENTS, MAX_SPLITS = 8 * BLOCK, 64
+
+
+def splits(M):
+    """Blocks per channel (B) over the ``M`` values of a channel in the fused op's reductions."""
+    return max(1, min(M // SPLIT_ELEMENTS, MAX_SPLITS))
+
+
+class BatchNormReLU(BatchNorm):
+    """``relu(batch_norm(x, ...))`` as one op (``batch_norm(..., relu=True)``). It keeps x, not
+    its output: the backward recomputes z = the BN output from x, and the ReLU's mask is z > 0.
+    NumPy path: BatchNorm's operations in BatchNorm's order, then the ReLU in place, so its
+    numbers are batch_norm's followed by relu's. Kernel path (kernels/norm.cu): the statistics in
+    one pass over x, each channel split over several blocks (a deterministic split reduction),
+    three launches each way where the two ops take five and four."""
+
+    def forward_cpu(self, x, gamma, beta):
+        self.beta = beta
+        y = super().forward_cpu(x, gamma, beta)
+        return np.maximum(y, 0, out=y)
+
+    def backward_cpu(self, gy):
+        # z as the forward made it: the same operations, so the same bits and the same mask.
+        z = self.x3 - self.mean[:, None]
+        z *= (self.gamma * self.invstd)[:, None]
+        z += self.beta[:, None]
+        return super().backward_cpu(gy * (z.reshape(gy.shape) > 0))
+
+    def forward_kernel(self, x, gamma, beta):
+        self._check_dtypes(x, gamma, beta)
+        dev, x3, (N, C, L) = self.dev, self.x3, self.x3.shape
+        stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
+        if self.training:
+            B = splits(self.M)
+            partial = dev.xp.empty((2, C, B), dtype=x3.dtype)
+            launch(dev, "norm", "bn_split_sums", (x3, partial, N, C, L, B), grid=(B, C))
+            launch(dev, "norm", "bn_split_statistics",
+                   (partial, x3, gamma, *self.running, stats, C, L, B, self.M, self.momentum,
+                    self.eps), n=C)
+        else:  # the running statistics (bn_statistics reads neither sum nor moments)
+            launch(dev, "norm", "bn_statistics", (gamma, gamma, gamma, *self.running, stats, C,
+                                                  self.M, self.momentum, self.eps, 0), n=C)
+        self.mean, self.invstd, self.scale = stats
+        self.beta = beta
+        y = dev.xp.empty_like(x3)
+        launch(dev, "norm", "bn_relu_forward", (x3, self.mean, self.scale, beta, y, C, L, y.size),
+               n=y.size)
+        return y.reshape(x.shape)
+
+    def backward_kernel(self, gy):
+        dev, gy3, (N, C, L) = self.dev, self._rows(gy), self.x3.shape
+        B = splits(self.M)
+        zargs = (self.mean, self.scale, self.beta)
+        partial = dev.xp.empty((2, C, B), dtype=gy3.dtype)
+        launch(dev, "norm", "bn_relu_backward_sums", (self.x3, gy3, *zargs, partial, N, C, L, B),
+               grid=(B, C))
+        coef = dev.xp.empty((5, C), dtype=gy3.dtype)  # dgamma, a, k1, k2, dbeta
+        launch(dev, "norm", "bn_split_coefficients",
+               (partial, self.gamma, self.invstd, coef, C, B, self.M, int(self.training)), n=C)
+        dgamma, a, k1, k2, dbeta = coef
+        dx = dev.xp.empty_like(gy3)
+        launch(dev, "norm", "bn_relu_backward_dx",
+               (self.x3, gy3, *zargs, a, k1, k2, dx, C, L, dx.size), n=dx.size)
+        return dx.reshape(gy.shape), dgamma, dbeta  # views of coef: no copies
+
+
+def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+               relu=False):
+    """Normalise each channel of NCHW ``x``, then scale by ``gamma`` and shift by ``beta``;
+    ``relu``: then the ReLU, fused into one op (``BatchNormReLU``: fewer launches, and x is
+    the only activation it keeps).
 
     ``running_mean`` / ``running_var``: (C,) arrays (or Tensors) on x's device, updated in place
     when ``training``."""
-    return BatchNorm(running_mean, running_var, training, momentum, eps)(x, gamma, beta)
+    op = BatchNormReLU if relu else BatchNorm
+    return op(running_mean, running_var, training, momentum, eps)(x, gamma, beta)

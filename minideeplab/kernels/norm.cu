@@ -4,8 +4,10 @@
 // one-block-per-channel tree reduction, two sums. The per-channel arithmetic between them (mean,
 // variance, running statistics, 1 / std; the backward's coefficients) is one launch each,
 // bn_statistics and bn_backward_coefficients, rather than a dozen array operations of C values.
-// Launch: one block of BLOCK threads per channel for bn_moments, 1-D grid-stride loops
-// (grid_1d(n) blocks of BLOCK threads) for the others.
+// batch_norm(..., relu=True) (BatchNormReLU) runs the kernels of the last section instead: the
+// statistics in one pass with each channel split over several blocks, the ReLU fused in.
+// Launch: one block of BLOCK threads per channel for bn_moments, (splits, channels) blocks for
+// the split sums, 1-D grid-stride loops (grid_1d(n) blocks of BLOCK threads) for the others.
 
 #include "block_reduce.cuh"
 
@@ -115,5 +117,157 @@ extern "C" __global__ void bn_backward_dx(const real* x, const real* gy, const r
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int c = (i / L) % C;
     dx[i] = a[c] * (gy[i] - k1[c] - (x[i] - mean[c]) * k2[c]);
+  }
+}
+
+// -- batch norm fused with the ReLU that follows it (BatchNormReLU, functional/norm.py) ---------
+// y = max(z, 0), z = (x - mean) * scale + beta. The forward is bn_split_sums, bn_split_statistics
+// and bn_relu_forward; the backward bn_relu_backward_sums, bn_split_coefficients and
+// bn_relu_backward_dx, which recompute z from x (the ReLU's mask is z > 0): the op keeps x only.
+// The sums split each channel's M = N * L elements over B blocks (grid (B, C), B from the shapes
+// alone) so that a few hundred channels still fill a GPU; each block's partial sum is a
+// block_tree_sum, and one thread per channel adds the B partials in the order b = 0, 1, ...:
+// deterministic, without atomics.
+
+// z for one element: the same expression in every kernel, so the backward's mask is the
+// forward's bit for bit.
+__device__ __forceinline__ real bn_z(real x, real mean, real scale, real beta) {
+  return (x - mean) * scale + beta;
+}
+
+// One block (b, c) = (blockIdx.x, blockIdx.y): over the elements j = b * BLOCK + t, then + B *
+// BLOCK, ... of channel c (j -> x[n, c, l], n = j / L, l = j % L: neighbouring threads read
+// neighbouring addresses), s1 = sum(x - K) and s2 = sum((x - K)^2), K = x[0, c, 0], the channel's
+// first element: sums about a value near the mean do not cancel when the mean is large against
+// the spread (shifted data, Chan, Golub & LeVeque 1983), so one pass over x suffices.
+// out = (s1, s2): (2, C, B).
+// Launch: grid (B, C), block BLOCK. Bytes per output element: reads M / B reals, writes 1.
+extern "C" __global__ void bn_split_sums(const real* x, real* out, int N, int C, int L, int B) {
+  __shared__ real p1[BLOCK];
+  __shared__ real p2[BLOCK];
+  const int b = blockIdx.x, c = blockIdx.y, M = N * L;
+  const real K = x[c * L];
+  real s1 = 0, s2 = 0;
+  for (int j = b * blockDim.x + threadIdx.x; j < M; j += B * blockDim.x) {
+    const int n = j / L;
+    const real d = x[(n * C + c) * L + (j - n * L)] - K;
+    s1 += d;
+    s2 += d * d;
+  }
+  s1 = block_tree_sum(p1, s1);
+  s2 = block_tree_sum(p2, s2);
+  if (threadIdx.x == 0) {
+    out[c * B + b] = s1;
+    out[(C + c) * B + b] = s2;
+  }
+}
+
+// One thread: channels c, c + stride, ... (grid-stride): S1, S2 = the sums of bn_split_sums' B
+// partials of channel c, b = 0, 1, ... in order; mean = K + S1 / M, the biased var = S2 / M -
+// (S1 / M)^2 (clamped at 0, NaN kept); running_mean and running_var move in place towards mean
+// and the unbiased var * M / (M - 1), r = (1 - momentum) r + momentum stat; stats = (mean, invstd,
+// scale): (3, C), invstd = 1 / sqrt(var + eps), scale = gamma * invstd (as bn_statistics).
+// Launch: 1-D, grid_1d(C) blocks of BLOCK threads. Bytes per channel: reads 2 B + 4 reals,
+// writes 5.
+extern "C" __global__ void bn_split_statistics(const real* partial, const real* x,
+                                               const real* gamma, real* running_mean,
+                                               real* running_var, real* stats, int C, int L,
+                                               int B, int M, real momentum, real eps) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += stride) {
+    real s1 = 0, s2 = 0;
+    for (int b = 0; b < B; ++b) {
+      s1 += partial[c * B + b];
+      s2 += partial[(C + c) * B + b];
+    }
+    const real count = M, d = s1 / count, v = s2 / count - d * d;
+    const real mean = x[c * L] + d, var = v < (real)0 ? (real)0 : v;
+    running_mean[c] = running_mean[c] * ((real)1 - momentum) + momentum * mean;
+    running_var[c] = running_var[c] * ((real)1 - momentum) +
+                     momentum * (var * (count / (real)(M - 1)));
+    const real invstd = (real)1 / sqrt(var + eps);
+    stats[c] = mean;
+    stats[C + c] = invstd;
+    stats[2 * C + c] = gamma[c] * invstd;
+  }
+}
+
+// One thread: elements i, i + stride, ... (grid-stride) of y = max(z, 0), z = bn_z(x).
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 1 real,
+// writes 1.
+extern "C" __global__ void bn_relu_forward(const real* x, const real* mean, const real* scale,
+                                           const real* beta, real* y, int C, int L, int n) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int c = (i / L) % C;
+    const real z = bn_z(x[i], mean[c], scale[c], beta[c]);
+    y[i] = z > (real)0 ? z : (real)0;
+  }
+}
+
+// One block (b, c), elements as bn_split_sums': with gz = gy where z > 0, else 0 (the ReLU's
+// backward, z recomputed from x), s1 = sum(gz) and s2 = sum(gz * (x - mean)). out = (s1, s2):
+// (2, C, B).
+// Launch: grid (B, C), block BLOCK. Bytes per output element: reads 2 M / B reals, writes 1.
+extern "C" __global__ void bn_relu_backward_sums(const real* x, const real* gy, const real* mean,
+                                                 const real* scale, const real* beta, real* out,
+                                                 int N, int C, int L, int B) {
+  __shared__ real p1[BLOCK];
+  __shared__ real p2[BLOCK];
+  const int b = blockIdx.x, c = blockIdx.y, M = N * L;
+  const real m = mean[c], sc = scale[c], be = beta[c];
+  real s1 = 0, s2 = 0;
+  for (int j = b * blockDim.x + threadIdx.x; j < M; j += B * blockDim.x) {
+    const int n = j / L, i = (n * C + c) * L + (j - n * L);
+    const real gz = bn_z(x[i], m, sc, be) > (real)0 ? gy[i] : (real)0;
+    s1 += gz;
+    s2 += gz * (x[i] - m);
+  }
+  s1 = block_tree_sum(p1, s1);
+  s2 = block_tree_sum(p2, s2);
+  if (threadIdx.x == 0) {
+    out[c * B + b] = s1;
+    out[(C + c) * B + b] = s2;
+  }
+}
+
+// One thread: channels c, c + stride, ... (grid-stride): dbeta and dgd = sum(gz * (x - mean)),
+// the sums of bn_relu_backward_sums' B partials in order; then bn_backward_coefficients'
+// numbers: coef = (dgamma, a, k1, k2, dbeta): (5, C), dgamma = dgd * invstd, a = gamma * invstd,
+// k1 = dbeta / M, k2 = invstd * dgamma / M in training, k1 = k2 = 0 in eval.
+// Launch: 1-D, grid_1d(C) blocks of BLOCK threads. Bytes per channel: reads 2 B + 2 reals,
+// writes 5.
+extern "C" __global__ void bn_split_coefficients(const real* partial, const real* gamma,
+                                                 const real* invstd, real* coef, int C, int B,
+                                                 int M, int training) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += stride) {
+    real dbeta = 0, dgd = 0;
+    for (int b = 0; b < B; ++b) {
+      dbeta += partial[c * B + b];
+      dgd += partial[(C + c) * B + b];
+    }
+    const real dgamma = dgd * invstd[c], count = M;
+    coef[c] = dgamma;
+    coef[C + c] = gamma[c] * invstd[c];
+    coef[2 * C + c] = training ? dbeta / count : (real)0;
+    coef[3 * C + c] = training ? invstd[c] * dgamma / count : (real)0;
+    coef[4 * C + c] = dbeta;
+  }
+}
+
+// One thread: elements i, i + stride, ... (grid-stride) of dx = a[c] * (gz - k1[c] - (x - mean[c])
+// * k2[c]), gz = gy where z > 0, else 0 (bn_backward_dx after the ReLU's backward).
+// Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 2 reals,
+// writes 1.
+extern "C" __global__ void bn_relu_backward_dx(const real* x, const real* gy, const real* mean,
+                                               const real* scale, const real* beta,
+                                               const real* a, const real* k1, const real* k2,
+                                               real* dx, int C, int L, int n) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int c = (i / L) % C;
+    const real gz = bn_z(x[i], mean[c], scale[c], beta[c]) > (real)0 ? gy[i] : (real)0;
+    dx[i] = a[c] * (gz - k1[c] - (x[i] - mean[c]) * k2[c]);
   }
 }
