@@ -1,9 +1,11 @@
 """``python -m minideeplab.evaluate``: mIoU of a checkpoint (paper Sec. 4; ARCHITECTURE.md s. 8).
 
-One confusion matrix over the whole split; the output stride can differ from training's (Sec.
-3.1: atrous rates change, weights do not); multi-scale inputs and left-right flips average the
-class probabilities, as in the paper's Table 3 ("MS", "Flip"). The model and the dataset are
-rebuilt from what the checkpoint saved (``experiment.load_checkpoint``).
+One confusion matrix over the whole split, the images fed as the official eval.py feeds them
+(VOC: each padded to 513 x 513 with the mean pixel and 255, as in training's validation); the
+output stride can differ from training's (Sec. 3.1: atrous rates change, weights do not);
+multi-scale inputs and left-right flips average the class probabilities as the official
+``predict_labels_multi_scale`` does, as in the paper's Table 3 ("MS", "Flip"). The model and the
+dataset are rebuilt from what the checkpoint saved (``experiment.load_checkpoint``).
 """
 import argparse
 import json

@@ -17,11 +17,11 @@ import zlib
 import numpy as np
 from tqdm import tqdm
 
-from . import functional as F
+from . import functional as F, nn
 from .config import no_grad
 from .data.shapes import ShapesDataset
 from .data.transforms import EvalTransform, Loader
-from .data.voc import VOCSegmentation
+from .data.voc import VOCSegmentation, default_train_split
 from .device import gpu_available
 from .flops import scale_dimension
 from .metrics import ConfusionMatrix
@@ -62,10 +62,11 @@ def pick_device(name):
 
 # -- data -----------------------------------------------------------------------------------------
 def build_dataset(name, split, *, train_size=None, val_size=None, image_size=None, seed=0,
-                  data_root=None):
+                  data_root=None, train_split=None):
     """The ``split`` ("train" or "val") of dataset ``name``: "shapes" (``train_size`` or
     ``val_size`` generated images of ``image_size`` px from ``seed``) or "voc" (the VOC2012
-    folder ``data_root``). Its keyword arguments are what a checkpoint's ``meta["data"]`` holds."""
+    folder ``data_root``; "train" reads ``train_split``, by default ``train_aug`` when present,
+    else ``train``). Its keyword arguments are what a checkpoint's ``meta["data"]`` holds."""
     if name == "shapes":
         size = {"train": train_size, "val": val_size}[split]
         return ShapesDataset(split, size, image_size=image_size, seed=seed)
@@ -73,14 +74,19 @@ def build_dataset(name, split, *, train_size=None, val_size=None, image_size=Non
         raise ValueError(f"dataset must be 'shapes' or 'voc', got {name!r}")
     if not data_root:
         raise ValueError("dataset 'voc' needs data_root, the VOC2012 folder")
+    if split == "train":
+        split = train_split or default_train_split(data_root)
     return VOCSegmentation(data_root, split)
 
 
 def eval_loader(dataset, batch_size, prefetch=2):
-    """Batches of ``dataset`` for scoring, at full size: the shapes' images share one size and
-    batch; VOC's differ and go one at a time, as the official evaluation runs them."""
-    same_size = isinstance(dataset, ShapesDataset)
-    return Loader(dataset, batch_size if same_size else 1, EvalTransform(), prefetch=prefetch)
+    """Batches of ``dataset`` for scoring, as the official eval.py feeds them: each image padded
+    to the dataset's ``eval_crop`` (VOC: 513) with the mean pixel and 255, so training's
+    validation and ``evaluate`` score the same inputs. The shapes (all of one size, no padding)
+    go in batches of ``batch_size``; VOC one at a time, as the official evaluation runs it."""
+    pad_to = dataset.eval_crop
+    return Loader(dataset, batch_size if pad_to is None else 1, EvalTransform(pad_to=pad_to),
+                  prefetch=prefetch)
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -90,27 +96,88 @@ def build_model(config, device):
     return deeplabv3plus(**config).to(device)
 
 
+# The official weight decay per backbone (train.py: "use 0.00004 for MobileNet-V2 or Xception
+# model variants. Use 0.0001 for ResNet model variants").
+WEIGHT_DECAY = {"xception65": 4e-5, "resnet101": 1e-4}
+
+
+def decayed_weights(model):
+    """The parameters the official code puts an L2 regulariser on (its gradient, weight_decay * w,
+    is SGD's decay): the weight of every dense convolution, 3x3, 1x1, the pointwise half of a
+    separable one, a shortcut, the logits (TF-slim ``weights_regularizer`` on ``conv2d`` in
+    xception_arg_scope, resnet_arg_scope, model.py's ASPP, decoder and ``get_branch_logits``).
+    Not depthwise weights (``regularize_depthwise=False``; ``split_separable_conv2d`` passes
+    ``weights_regularizer=None``), BN's gamma and beta, or biases."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
+
+
+def no_weight_decay(model):
+    """``SGD``'s ``no_decay`` predicate for ``model``: true for a parameter outside
+    ``decayed_weights(model)``."""
+    decayed = {id(p) for p in decayed_weights(model)}
+
+    def exempt(p):
+        return id(p) not in decayed
+    return exempt
+
+
+def batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def freeze_batch_norm(model):
+    """Fix every BN's gamma and beta (no gradient is accumulated for them); returns the
+    parameters still trained, for the optimizer. With ``train_mode(model, freeze_bn=True)`` the
+    moving statistics stay fixed too: the paper's second stage at output stride 8 (DeepLabv3,
+    Sec. 4: "we then freeze batch normalization parameters, employ output stride = 8")."""
+    for m in batch_norms(model):
+        m.gamma.requires_grad = m.beta.requires_grad = False
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_mode(model, freeze_bn=False):
+    """``model.train()``; with ``freeze_bn`` every BN stays in eval mode: it normalises with its
+    moving statistics and leaves them unchanged (the official ``is_training and
+    fine_tune_batch_norm``). Dropout still trains."""
+    model.train()
+    for m in batch_norms(model) if freeze_bn else ():
+        m.eval()
+    return model
+
+
 # -- scoring --------------------------------------------------------------------------------------
+# The decoder's output stride: the logits' stride with a decoder (the official
+# decoder_output_stride); without one it is the output stride.
+DECODER_OUTPUT_STRIDE = 4
+
+
 def predict_probs(model, images, device, scales=(1.0,), flip=False):
-    """Class probabilities (N, K, H, W) averaged over ``scales`` and, with ``flip``, mirrors.
-    Scale s resizes H to ``flops.scale_dimension(H, s)``, the official code's size."""
+    """Class probabilities (N, K, H, W) combined as the official ``predict_labels_multi_scale``:
+    for each scale s (and, with ``flip``, its mirror image), the input resized to
+    ``scale_dimension(H, s)``; the logits resized to the logits size ``multi_scale_logits`` gives
+    that scale, ``scale_dimension(H, max(1, s) / stride)``, then to H x W; a softmax; the mean
+    over scales and mirrors. Our model returns its logits already upsampled to its input, and the
+    logits grid is a subset of that input's grid (513 at s = 0.75: input 385, logits 129, every
+    3rd point), so resizing back to it recovers the official logits; s = 1 needs no resize."""
     h, w = images.shape[2:]
+    stride = DECODER_OUTPUT_STRIDE if model.config["decoder"] else model.config["output_stride"]
     x = Tensor(images, device=device)
+    xp = x.device.xp
     total = 0
     with no_grad():
         for s in scales:
             size = (scale_dimension(h, s), scale_dimension(w, s))
             xs = x if size == (h, w) else F.resize_bilinear(x, size)
             for mirrored in ((False, True) if flip else (False,)):
-                inp = Tensor(xs.data[..., ::-1].copy(), device=device) if mirrored else xs
-                logits = model(inp).data
-                e = x.device.xp.exp(logits - logits.max(axis=1, keepdims=True))
-                probs = e / e.sum(axis=1, keepdims=True)
+                logits = model(Tensor(xs.data[..., ::-1].copy(), device=device) if mirrored
+                               else xs)
                 if mirrored:
-                    probs = probs[..., ::-1].copy()
-                if probs.shape[-2:] != (h, w):
-                    probs = F.resize_bilinear(Tensor(probs, device=device), (h, w)).data
-                total = total + probs
+                    logits = Tensor(logits.data[..., ::-1].copy(), device=device)
+                if s != 1:
+                    logits_size = tuple(scale_dimension(n, max(1, s) / stride) for n in (h, w))
+                    logits = F.resize_bilinear(F.resize_bilinear(logits, logits_size), (h, w))
+                e = xp.exp(logits.data - logits.data.max(axis=1, keepdims=True))
+                total = total + e / e.sum(axis=1, keepdims=True)
     return total / (len(scales) * (2 if flip else 1))
 
 

@@ -2,7 +2,11 @@
 
 Without arguments: the embedded shapes dataset, a small aligned-Xception DeepLabv3+ at output
 stride 8 (``PRESET``), the GPU if CuPy sees one, else the CPU; ends with a trained model and a val
-mIoU.
+mIoU. ``--preset paper-voc --data-root .../VOC2012``: the paper's PASCAL VOC setting
+(``PAPER_VOC``). The recipe is the official code's (train.py, utils/train_utils.py,
+input_preprocess.py): poly lr, SGD with momentum 0.9, weight decay on conv weights but not on
+depthwise weights, BN or biases, random scale from {0.5, 0.75, ..., 2.0}, crops padded with the
+mean pixel and 255, left-right flips; ``--freeze-bn`` and ``--init-from`` for a second stage.
 Every random choice of iteration ``it`` is seeded by (seed, it), so a run resumed from a
 checkpoint ends with exactly the parameters of a run that never stopped.
 """
@@ -23,17 +27,18 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import functional as F
-from .data.transforms import MEAN, STD, Loader, TrainTransform
-from .experiment import (ArgumentParser, CheckpointError, build_dataset, build_model, eval_loader,
-                         evaluate, load_checkpoint, number, pick_device, predict_probs,
-                         save_checkpoint)
+from .data.transforms import MEAN, SCALE_RANGE, SCALE_STEP, STD, Loader, TrainTransform
+from .experiment import (WEIGHT_DECAY, ArgumentParser, CheckpointError, build_dataset,
+                         build_model, eval_loader, evaluate, freeze_batch_norm, load_checkpoint,
+                         no_weight_decay, number, pick_device, predict_probs, require_finite,
+                         save_checkpoint, train_mode)
 from .models.deeplab import model_config
 from .optim import SGD, poly_lr
 from .tensor import Tensor
 from .visualize import save_curves, save_predictions
 
-# The default preset: a small DeepLabv3+ that trains on the shapes in minutes on 2 CPU cores
-# (README.md, "Training and evaluation", has the measurements behind each choice).
+# The default preset ("shapes"): a small DeepLabv3+ that trains on the shapes in minutes on 2 CPU
+# cores (README.md, "Training and evaluation", has the measurements behind each choice).
 # - ASPP and decoder widths shrink with the backbone: the paper's 256 and 48 are for width 1.
 # - BN statistics move faster than the paper's decay 0.9997: the run is ~1000x shorter.
 # - Output stride 8, not the paper's 16: on 65x65 images OS 16 leaves a 5x5 feature map.
@@ -41,62 +46,99 @@ from .visualize import save_curves, save_predictions
 #   pointwise pair learns the shapes' corners slowly, and the atrous convs cost 1x1 convs here
 #   (rates 12-36 on a 9x9 map).
 # - A high base lr: He-initialised weights under BN take small relative steps.
-PRESET = dict(backbone="xception65", width=0.25, middle_blocks=2, aspp_channels=64,
-              low_level_channels=24, separable_aspp=False, bn_momentum=0.05, output_stride=8,
-              crop=65, batch_size=8, iters=1800, lr=0.3, weight_decay=4e-5, scale_range=None,
-              train_size=4000, val_size=200)
+# - No random scaling: the shapes already vary in size.
+# weight_decay is the backbone's official value; --weight-decay defaults to WEIGHT_DECAY[backbone]
+# for any preset and backbone (the entry is read by benchmarks/train_step.py).
+PRESET = dict(dataset="shapes", backbone="xception65", width=0.25, middle_blocks=2,
+              aspp_channels=64, low_level_channels=24, separable_aspp=False, bn_momentum=0.05,
+              output_stride=8, crop=65, batch_size=8, iters=1800, lr=0.3,
+              weight_decay=WEIGHT_DECAY["xception65"], scale_range=None, train_size=4000,
+              val_size=200, val_every=500)
+
+# The paper's PASCAL VOC setting (Sec. 4, and the official train.py's flags for train_aug): the
+# released Xception-65 DeepLabv3+ (separable ASPP and decoder, BN with each module's official
+# decay) at output stride 16; 513x513 crops, batch 16, base lr 0.007, 30,000 iterations; random
+# scale 0.5-2.0 in steps of 0.25. Needs a GPU; each validation scores 1,449 images at 513x513.
+PAPER_VOC = dict(PRESET, dataset="voc", width=1.0, middle_blocks=16, aspp_channels=256,
+                 low_level_channels=48, separable_aspp=True, bn_momentum=None, output_stride=16,
+                 crop=513, batch_size=16, iters=30000, lr=0.007, scale_range=list(SCALE_RANGE),
+                 val_every=5000)
+PRESETS = {"shapes": PRESET, "paper-voc": PAPER_VOC}
 
 
-# Flags a resumed run must keep: the data order and augmentation (seed, sizes, batch, crop,
-# scales), the lr schedule (lr, iters) and the loss (weight decay) depend on them, and resuming
-# promises the parameters of a run that never stopped.
-RESUME_FIXED = ("dataset", "train_size", "val_size", "crop", "scale_range", "batch_size", "lr",
-                "weight_decay", "iters", "seed")
+# Flags a resumed run must keep: the data order and augmentation (seed, sizes, split, batch,
+# crop, scales), the lr schedule (lr, iters) and what is trained and how (weight decay, frozen
+# BN) depend on them, and resuming promises the parameters of a run that never stopped.
+RESUME_FIXED = ("dataset", "train_split", "train_size", "val_size", "crop", "scale_range",
+                "scale_step", "batch_size", "lr", "weight_decay", "freeze_bn", "iters", "seed")
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(prog="python -m minideeplab.train", description=__doc__, allow_abbrev=False,
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = "python -m minideeplab.train"
+    # The preset gives the other flags their defaults, so it is read first.
+    first = ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    first.add_argument("--preset", default="shapes", choices=list(PRESETS))
+    preset = PRESETS[first.parse_known_args(argv)[0].preset]
+    p = ArgumentParser(prog=prog, description=__doc__, allow_abbrev=False,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="shapes", choices=list(PRESETS),
+                   help="defaults of the other flags: the synthetic shapes on a CPU (default), or "
+                   "the paper's PASCAL VOC setting (with --data-root)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
-    p.add_argument("--dataset", default="shapes", choices=["shapes", "voc"])
+    p.add_argument("--dataset", default=preset["dataset"], choices=["shapes", "voc"])
     p.add_argument("--data-root", help="VOC2012 folder (JPEGImages/, SegmentationClass/, ...)")
-    p.add_argument("--backbone", default=PRESET["backbone"], choices=["xception65", "resnet101"])
-    p.add_argument("--width", type=number(float, above=0), default=PRESET["width"],
+    p.add_argument("--train-split", choices=["train", "train_aug", "trainval"],
+                   help="VOC split to train on (default: train_aug, the paper's, when "
+                   "ImageSets/Segmentation/train_aug.txt exists, else train)")
+    p.add_argument("--backbone", default=preset["backbone"], choices=["xception65", "resnet101"])
+    p.add_argument("--width", type=number(float, above=0), default=preset["width"],
                    help="channel multiplier")
-    p.add_argument("--middle-blocks", type=number(int, 0), default=PRESET["middle_blocks"])
-    p.add_argument("--aspp-channels", type=number(int, 1), default=PRESET["aspp_channels"])
+    p.add_argument("--middle-blocks", type=number(int, 0), default=preset["middle_blocks"])
+    p.add_argument("--aspp-channels", type=number(int, 1), default=preset["aspp_channels"])
     p.add_argument("--low-level-channels", type=number(int, 1),
-                   default=PRESET["low_level_channels"])
+                   default=preset["low_level_channels"])
     p.add_argument("--bn-momentum", type=number(float, above=0, high=1),
-                   default=PRESET["bn_momentum"])
+                   default=preset["bn_momentum"], help="one momentum (1 - decay) for every BN; "
+                   "paper-voc's default: each module's official decay")
+    p.add_argument("--freeze-bn", action="store_true", help="BN statistics, gamma and beta "
+                   "fixed (the paper's second stage at output stride 8, with --init-from)")
     p.add_argument("--decoder", action=argparse.BooleanOptionalAction, default=True,
                    help="DeepLabv3+ (default), or DeepLabv3 with --no-decoder")
     p.add_argument("--separable-aspp", action=argparse.BooleanOptionalAction,
-                   default=PRESET["separable_aspp"], help="atrous separable 3x3 convs in the ASPP "
+                   default=preset["separable_aspp"], help="atrous separable 3x3 convs in the ASPP "
                    "and decoder (the paper's SC, Table 5) instead of dense ones")
-    p.add_argument("--output-stride", type=int, default=PRESET["output_stride"],
+    p.add_argument("--output-stride", type=int, default=preset["output_stride"],
                    choices=[8, 16, 32])
-    p.add_argument("--iters", type=number(int, 1), default=PRESET["iters"])
-    p.add_argument("--batch-size", type=number(int, 2), default=PRESET["batch_size"],
+    p.add_argument("--iters", type=number(int, 1), default=preset["iters"])
+    p.add_argument("--batch-size", type=number(int, 2), default=preset["batch_size"],
                    help="at least 2: batch norm after the image pooling (one value per image and "
                    "channel) needs two values")
-    p.add_argument("--crop", type=number(int, 16), default=PRESET["crop"],
+    p.add_argument("--crop", type=number(int, 16), default=preset["crop"],
                    help="training crop (and the shapes' image size), at least 16")
     p.add_argument("--scale-range", type=number(float, above=0, high=4), nargs=2,
-                   default=PRESET["scale_range"], metavar=("MIN", "MAX"),
-                   help="random scaling (the paper: 0.5 2.0; default: none on the shapes, whose "
-                   "objects already vary in size)")
-    p.add_argument("--lr", type=number(float, above=0), default=PRESET["lr"],
+                   default=preset["scale_range"], metavar=("MIN", "MAX"),
+                   help="random scaling (paper-voc: 0.5 2.0; shapes: none, their objects already "
+                   "vary in size)")
+    p.add_argument("--scale-step", type=number(float, 0), default=SCALE_STEP,
+                   help="the scales are MIN, MIN + STEP, ..., MAX (the official 0.25); 0: uniform "
+                   "in [MIN, MAX)")
+    p.add_argument("--lr", type=number(float, above=0), default=preset["lr"],
                    help="base lr of the poly schedule")
-    p.add_argument("--weight-decay", type=number(float, 0), default=PRESET["weight_decay"])
-    p.add_argument("--train-size", type=number(int, 1), default=PRESET["train_size"],
+    p.add_argument("--weight-decay", type=number(float, 0), help="L2 on conv weights, not on "
+                   "depthwise weights, BN or biases (default: the official value for the "
+                   "backbone: " + ", ".join(f"{k} {v:g}" for k, v in WEIGHT_DECAY.items()) + ")")
+    p.add_argument("--train-size", type=number(int, 1), default=preset["train_size"],
                    help="shapes images")
-    p.add_argument("--val-size", type=number(int, 1), default=PRESET["val_size"])
-    p.add_argument("--val-every", type=number(int, 1), default=500,
+    p.add_argument("--val-size", type=number(int, 1), default=preset["val_size"])
+    p.add_argument("--val-every", type=number(int, 1), default=preset["val_every"],
                    help="iterations between validations (each also writes the checkpoint)")
     p.add_argument("--out", default="runs/train", help="folder for checkpoint, metrics, figures; "
                    "one run at a time")
     p.add_argument("--resume", help="checkpoint .npz to continue from")
+    p.add_argument("--init-from", help="checkpoint .npz whose parameters and BN statistics start "
+                   "a new run (the official tf_initial_checkpoint); its model may differ in "
+                   "output stride or BN momentum")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that already holds a run's checkpoint")
     p.add_argument("--stop-after", type=number(int, 1), help="stop after this many iterations, "
@@ -108,11 +150,18 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.dataset == "voc" and not args.data_root:
         p.error("argument --data-root: --dataset voc needs it (the VOC2012 folder)")
+    if args.train_split and args.dataset != "voc":
+        p.error(f"argument --train-split: only for --dataset voc (this is {args.dataset})")
     if args.scale_range and args.scale_range[0] > args.scale_range[1]:
         p.error(f"argument --scale-range: MIN {args.scale_range[0]} > MAX {args.scale_range[1]}")
     if args.dataset == "shapes" and args.train_size < args.batch_size:
         p.error(f"argument --train-size: {args.train_size} images make no batch of "
                 f"--batch-size {args.batch_size}")
+    if args.resume and args.init_from:
+        p.error("argument --init-from: not with --resume (a resumed run continues from its own "
+                "checkpoint)")
+    if args.weight_decay is None:
+        args.weight_decay = WEIGHT_DECAY[args.backbone]
     return args
 
 
@@ -217,10 +266,28 @@ def train(args, argv=()):
         return run(args, argv, device, ckpt)
 
 
+def initialise(path, model):
+    """--init-from: load the parameters and BN statistics of checkpoint ``path`` into ``model``
+    (the official ``tf_initial_checkpoint``); SystemExit naming the file and the reason if they
+    cannot be read, are not finite or do not fit the model."""
+    try:
+        state, _, meta = load_checkpoint(path)
+        require_finite(state, f"checkpoint {path}")
+        model.load_state_dict(state)
+    except ValueError as e:  # CheckpointError included
+        raise SystemExit(f"--init-from: {e}") from None
+    print(f"initialised from {path} (iteration {meta['iteration']}, output stride "
+          f"{meta['config']['output_stride']})")
+
+
 def run(args, argv, device, ckpt):
     data = dict(name=args.dataset, data_root=args.data_root, image_size=args.crop,
-                train_size=args.train_size, val_size=args.val_size, seed=args.seed)
+                train_size=args.train_size, val_size=args.val_size, seed=args.seed,
+                train_split=args.train_split)
     train_set, val_set = build_dataset(split="train", **data), build_dataset(split="val", **data)
+    data["train_split"] = train_set.split  # the one read, for evaluate and the record
+    print(f"training on {args.dataset} {train_set.split} ({len(train_set)} images), validating on "
+          f"{len(val_set)}")
     num_classes = train_set.num_classes
     # deeplabv3plus's arguments from the flags; the checkpoint saves them (model.config), and
     # evaluate and --resume rebuild or compare the model from there.
@@ -231,14 +298,20 @@ def run(args, argv, device, ckpt):
         low_level_channels=args.low_level_channels, bn_momentum=args.bn_momentum,
         seed=args.seed)
     model = build_model(config, device)
-    opt = SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    if args.init_from:
+        initialise(args.init_from, model)
+    trained = freeze_batch_norm(model) if args.freeze_bn else model.parameters()
+    # Weight decay only where the official code regularises (experiment.decayed_weights).
+    opt = SGD(trained, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay,
+              no_decay=no_weight_decay(model))
     start, history, seconds = 0, dict(iter=[], loss=[], val_iter=[], val_miou=[]), 0.0
     last_good = None  # (path, iteration) of the newest checkpoint this run can continue from
     if args.resume:
         start, history, seconds = resume(args, model, opt)
         last_good = (args.resume, start)
-    loader = Loader(train_set, args.batch_size, TrainTransform(args.crop, args.scale_range),
-                    shuffle=True, seed=args.seed, drop_last=True)
+    loader = Loader(train_set, args.batch_size,
+                    TrainTransform(args.crop, args.scale_range, args.scale_step), shuffle=True,
+                    seed=args.seed, drop_last=True)
     batches = loader.forever(start)
     val_loader = eval_loader(val_set, args.batch_size)
 
@@ -260,7 +333,7 @@ def run(args, argv, device, ckpt):
         last_good = (ckpt, it)
 
     t0 = time.perf_counter()
-    model.train()
+    train_mode(model, args.freeze_bn)
     stop = min(args.iters, args.stop_after or args.iters)
     bar = tqdm(range(start, stop), initial=start, total=args.iters, desc=f"train ({device})")
     cm = None  # the last validation's confusion matrix (the loop always ends with one)
@@ -286,7 +359,7 @@ def run(args, argv, device, ckpt):
                 history["val_iter"].append(it + 1)
                 history["val_miou"].append(cm.miou())
                 bar.write(f"iteration {it + 1}: val mIoU {cm.miou():.4f}")
-                model.train()
+                train_mode(model, args.freeze_bn)
                 save(it + 1)
             elif interrupted:
                 save(it + 1)
