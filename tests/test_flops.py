@@ -67,6 +67,7 @@ def test_evaluation_runs_the_counted_sizes():
         seen.append(tuple(x.shape[2:]))
         return Tensor(np.zeros((x.shape[0], 2) + tuple(x.shape[2:]), np.float32))
 
+    model.config = dict(decoder=True, output_stride=16)  # predict_probs reads the logits' stride
     probs = predict_probs(model, np.zeros((1, 3, 100, 65), np.float32), "cpu", flops.MULTI_SCALES)
     assert seen == [(flops.scale_dimension(100, s), flops.scale_dimension(65, s))
                     for s in flops.MULTI_SCALES]
