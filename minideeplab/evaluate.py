@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
     p.add_argument("--dataset", choices=["shapes", "voc"], help="default: the training one")
     p.add_argument("--data-root")
-    p.add_argument("--batch-size", type=number(int, 1), default=8)
+    p.add_argument("--batch-size", type=number(int, 1), default=8,
+                   help="shapes images per batch (VOC's go one at a time, padded to 513)")
     p.add_argument("--out", help="folder for metrics.json (default: eval_os<OS>[_ms][_flip] "
                                  "beside the checkpoint)")
     args = p.parse_args(argv)

@@ -2,10 +2,11 @@
 one experiment, each from explicit values, so neither command line needs the other's arguments.
 
 Named for what a checkpoint records: an experiment is a model (``model.config``), the data it
-was trained and is scored on (``data``: dataset name, sizes, seed), and how it is scored
-(``predict_probs``, ``evaluate``). The device, the datasets and the model are built here; the
-checkpoint that ties them together is written and read here; and both parsers check their
-numbers and report a bad flag in one line the same way (``number``, ``ArgumentParser``).
+was trained and is scored on (``data``: dataset name, sizes, seed, training split), and how it
+is trained and scored (where weight decay goes, frozen BN; ``predict_probs``, ``evaluate``). The
+device, the datasets and the model are built here; the checkpoint that ties them together is
+written and read here; and both parsers check their numbers and report a bad flag in one line
+the same way (``number``, ``ArgumentParser``).
 """
 import argparse
 import json

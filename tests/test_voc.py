@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minideeplab.data.voc import CLASSES, VOCSegmentation, voc_palette
+from minideeplab.data.voc import CLASSES, VOCSegmentation, default_train_split, voc_palette
+from minideeplab.experiment import build_dataset
 
 
 def write_label(path, label, mode="P"):
@@ -106,3 +107,15 @@ def test_rgb_label_is_refused(tmp_path):
     Image.fromarray(voc_palette()[data[i][1]]).save(path)  # colour-coded, not indices
     with pytest.raises(ValueError, match="mode RGB"):
         VOCSegmentation(tmp_path, "train")[0]
+
+
+def test_training_reads_train_aug_when_it_is_listed(tmp_path):
+    data = make_tree(tmp_path)
+    assert default_train_split(tmp_path) == "train_aug"
+    ds = build_dataset("voc", "train", data_root=str(tmp_path))
+    assert ds.split == "train_aug" and ds.ids == list(data)
+    assert build_dataset("voc", "train", data_root=str(tmp_path), train_split="train").ids == \
+        list(data)[:-1]
+    (tmp_path / "ImageSets/Segmentation/train_aug.txt").unlink()
+    assert build_dataset("voc", "train", data_root=str(tmp_path)).split == "train"
+    assert build_dataset("voc", "val", data_root=str(tmp_path)).eval_crop == 513
