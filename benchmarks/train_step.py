@@ -213,7 +213,9 @@ def largest_batch(try_batch, start=8, step=4, limit=256):
 
 
 def run(args):
-    cfg = PRESETS["quick" if args.quick else args.preset]
+    cfg = dict(PRESETS["quick" if args.quick else args.preset])
+    cfg.update({k: v for k, v in (("crop", args.crop), ("output_stride", args.output_stride))
+                if v is not None})
     device = args.device
     if args.preset == "full" and device != "cuda" and not args.quick:
         raise SystemExit("--preset full is for a GPU (Xception-65 at 513x513 takes tens of GB)")
@@ -340,6 +342,9 @@ def main(argv=None):
     p.add_argument("--preset", choices=["default", "full"], default="default")
     p.add_argument("--batch", type=lambda v: v if v == "max" else int(v), default=None,
                    help="batch size (default: the preset's); 'max': the largest that fits (cuda)")
+    p.add_argument("--crop", type=int, help="crop size (default: the preset's)")
+    p.add_argument("--output-stride", type=int, choices=[8, 16, 32],
+                   help="output stride (default: the preset's)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch")
     p.add_argument("--quick", action="store_true", help="a tiny model, one timed step (seconds)")
