@@ -104,7 +104,7 @@ class Tensor:
                     queued.add(edge[0])
                     heapq.heappush(heap, (-edge[0].generation, next(order), edge[0]))
             if not retain_graph:
-                f.release()  # frees the saved activations as we go
+                f.release()  # the edges, and on a kernel device the saved arrays, as we go
 
     def _accumulate(self, gx):
         if gx.shape != self.shape:
