@@ -187,6 +187,41 @@ def test_the_cache_reuses_a_build(tmp_path, monkeypatch):
     np.testing.assert_array_equal(y, [0, 2])
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no stamp"])
+def test_a_damaged_cached_build_is_built_again(tmp_path, monkeypatch, damage):
+    # A truncated library would kill the process at load (SIGBUS), a garbage one fail with
+    # "invalid ELF header": the stamp written after each build tells an intact one apart.
+    monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(loader, "_modules", {})
+    emu = get_device("emu")
+    emu.module("activation", np.float32)
+    (so,) = tmp_path.glob("emu/activation-float-*.so")
+    data = so.read_bytes()
+    if damage != "no stamp":  # a new file: this process has the old one mapped
+        so.unlink()
+        so.write_bytes(data[:4096] if damage == "truncated" else b"not a library" * 100)
+    else:
+        so.with_suffix(".stamp").unlink()
+    loader._modules.clear()  # as in a new process
+    builds = []
+    compile_ = runner._compile
+    monkeypatch.setattr(runner, "_compile", lambda *a: builds.append(a) or compile_(*a))
+    x, y = np.array([-1.0, 2.0], np.float32), np.zeros(2, np.float32)
+    emu.launch(emu.module("activation", np.float32), "relu_forward", 1, 32, (x, y, 2))
+    np.testing.assert_array_equal(y, [0, 2])
+    assert len(builds) == 1 and so.stat().st_size == len(data)
+
+
+def test_an_unwritable_cache_is_named(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("MINIDEEPLAB_CACHE", str(blocked))
+    monkeypatch.setattr(loader, "_modules", {})
+    with pytest.raises(RuntimeError, match=r"emu kernel cache .*file/emu is not writable .* "
+                                           r"MINIDEEPLAB_CACHE"):
+        get_device("emu").module("activation", np.float64)
+
+
 def test_an_edited_source_or_header_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDEEPLAB_CACHE", str(tmp_path))
     header, source = tmp_path / "value.cuh", tmp_path / "edited.cu"

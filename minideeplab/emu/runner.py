@@ -93,13 +93,43 @@ def build(source):
     digest = hashlib.sha256("\0".join([code, HEADER.read_text(), *source.headers.values(), cxx,
                                        *flags]).encode()).hexdigest()
     target = cache_dir().absolute() / f"{source.path.stem}-{source.real}-{digest[:24]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        log = _compile(cxx, flags, code, target, source.path.parent)
+    if not _intact(target):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            log = _compile(cxx, flags, code, target, source.path.parent)
+            if log is None:
+                _write_stamp(target)
+        except OSError as e:
+            raise RuntimeError(f"the emu kernel cache {target.parent} is not writable ({e}); set "
+                               f"MINIDEEPLAB_CACHE to a writable folder") from None
         if log is not None:
             raise RuntimeError(f"{source.path.name} (real={source.real}) does not compile with "
                                f"{cxx}:\n{log}")
     return EmuModule(source, ctypes.CDLL(str(target)))
+
+
+def _stamp(target):
+    """The size and SHA-256 of a built library, as its stamp file records them."""
+    data = target.read_bytes()
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
+
+
+def _write_stamp(target):
+    """Written after the library is in place: a library without a matching stamp (a build killed
+    half-way, a truncated or overwritten file) is rebuilt rather than loaded, since loading a
+    truncated library kills the process (SIGBUS) instead of raising."""
+    stamp = target.with_suffix(".stamp")
+    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(_stamp(target))
+    os.replace(tmp, stamp)
+
+
+def _intact(target):
+    stamp = target.with_suffix(".stamp")
+    try:
+        return stamp.read_text() == _stamp(target)
+    except OSError:  # no library or no stamp yet
+        return False
 
 
 class EmuModule(Module):
