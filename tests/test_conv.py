@@ -179,3 +179,28 @@ def test_clear_errors(case, device):
     xs, ws, kw, match = ERRORS[case]
     with pytest.raises(ValueError, match=match):
         run(device, np.zeros(xs), np.zeros(ws), **kw)
+
+
+def test_the_numpy_path_reuses_its_column_buffers(monkeypatch):
+    """The NumPy path takes its columns and column gradients from conv.BUFFERS (kept across
+    steps for arrays above 32 MiB; here for every size) and gives them back once the backward is
+    done: a second step reuses them, and its numbers are the first step's, bit for bit."""
+    from minideeplab.functional import conv
+    monkeypatch.setattr(conv, "BUFFERS", conv._Buffers(smallest=0))
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
+    gy = rng.standard_normal((2, 4, 9, 9))
+    results = []
+    for _ in range(2):
+        xt, wt = mdl.Tensor(x, requires_grad=True), mdl.Tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, padding=1)
+        y.backward(gy)
+        results.append([y.numpy(), xt.grad, wt.grad])
+        kept = [id(a) for arrays in conv.BUFFERS.free.values() for a in arrays]
+        assert len(kept) == 2  # the columns and their gradient, one array each
+        if len(results) == 2:
+            assert kept == first_kept
+        first_kept = kept
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert_close(results[0][0], naive_conv(x, w, padding=1))

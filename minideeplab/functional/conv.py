@@ -155,8 +155,13 @@ class Conv2d(_Conv):
         gy = np.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
         gx = gw = None
         if self.needs_grad[0]:
-            gcols = np.matmul(self.w.transpose(0, 2, 1), gy)
-            gx = gcols.reshape(g.N, g.C, g.H, g.W) if _is_pointwise(g) else self._col2im_cpu(gcols)
+            if _is_pointwise(g):
+                gx = np.matmul(self.w.transpose(0, 2, 1), gy).reshape(g.N, g.C, g.H, g.W)
+            else:
+                gcols = np.matmul(self.w.transpose(0, 2, 1), gy,
+                                  out=BUFFERS.take(self.cols.shape, gy.dtype))
+                gx = self._col2im_cpu(gcols)
+                BUFFERS.give(gcols)
         if self.needs_grad[1]:
             # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
             gw_taps = np.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
@@ -168,6 +173,11 @@ class Conv2d(_Conv):
                 gw[:, :, [t for t, _, _ in self.live]] = gw_taps.reshape(g.Cout, g.C // G, -1)
             gw = gw.reshape(g.Cout, g.C // G, g.kh, g.kw)
         return gx, gw, gb
+
+    def release(self):
+        if not self.dev.uses_kernels and not _is_pointwise(self.g):
+            BUFFERS.give(self.cols)  # the backward is done with the columns
+        super().release()
 
     def forward_kernel(self, x, w, b=None):
         g = self.g
@@ -223,7 +233,8 @@ class Conv2d(_Conv):
         """Columns ``shape`` = (N, groups, C/groups*taps, Ho*Wo): row (c, t) holds the input under
         live tap t of channel c at every output pixel, zero where it falls on padding."""
         g = self.g
-        cols = np.zeros(shape, x.dtype)  # padding stays zero
+        cols = BUFFERS.take(shape, x.dtype)
+        cols.fill(0)  # padding stays zero
         view = cols.reshape(g.N, g.C, len(self.live), g.Ho, g.Wo)
         for k, (_, out, inp) in enumerate(self.live):
             view[:, :, k][(..., *out)] = x[(..., *inp)]
@@ -237,6 +248,30 @@ class Conv2d(_Conv):
         for k, (_, out, inp) in enumerate(self.live):
             gx[(..., *inp)] += view[:, :, k][(..., *out)]
         return gx
+
+
+class _Buffers:
+    """The NumPy path's largest arrays (columns and their gradients), kept from one step to the
+    next. An array above glibc's largest mmap threshold (32 MiB) is mapped afresh at every
+    allocation, and each of its pages faulted in and zeroed by the kernel: at 257x257 that was
+    about 45 ms of system time a step. ``take`` gives back such an array of the shape asked for
+    if one was returned (``give``), else a new one (uninitialised); smaller ones are left to
+    malloc, which reuses them anyway. At most ``limit`` bytes are kept."""
+
+    def __init__(self, smallest=32 << 20, limit=1 << 30):
+        self.smallest, self.limit, self.free = smallest, limit, {}
+
+    def take(self, shape, dtype):
+        kept = self.free.get((tuple(shape), np.dtype(dtype)))
+        return kept.pop() if kept else np.empty(shape, dtype)
+
+    def give(self, a):
+        kept = sum(b.nbytes for arrays in self.free.values() for b in arrays)
+        if a.nbytes >= self.smallest and a.base is None and kept + a.nbytes <= self.limit:
+            self.free.setdefault((a.shape, a.dtype), []).append(a)
+
+
+BUFFERS = _Buffers()
 
 
 def _swap_batch(xp, a):
