@@ -76,9 +76,9 @@ def set_batch_norm(module, eps, momentum):
 
 
 def deeplabv3plus(backbone="xception65", num_classes=21, output_stride=16, decoder=True,
-                  width=1.0, middle_blocks=16, resnet_units=(3, 4, 23, 3), separable_aspp=True,
-                  aspp_channels=256, low_level_channels=48, dropout=0.1, bn_momentum=None,
-                  seed=0, multi_grid=(1, 1, 1)):
+                  separable_aspp=True, multi_grid=(1, 1, 1), width=1.0, middle_blocks=16,
+                  resnet_units=(3, 4, 23, 3), aspp_channels=256, low_level_channels=48,
+                  dropout=0.1, bn_momentum=None, seed=0):
     """The paper's network as the official code builds it. ``backbone``: "xception65" or
     "resnet101"; ``decoder=False`` gives DeepLabv3. ``separable_aspp``: the paper's "SC" (Table
     5), atrous separable 3x3 convs in the ASPP *and* the decoder (the official default for both
