@@ -75,7 +75,7 @@ class Function(Op):
         used them. CuPy's pool reuses a freed block at once, so the device's memory falls during
         the backward; on ``cpu`` the saved arrays go with the graph at the end of the backward
         instead, since freed as they are used they are returned to the OS and the next step pays
-        page faults for them (2200 a default step, ~4% of its time)."""
+        page faults for them (benchmarks/README.md)."""
         if self.dev.uses_kernels:
             xp = self.dev.xp
             for name, value in list(vars(self).items()):
