@@ -345,14 +345,16 @@ def run(args, argv, device, ckpt):
             F.seed(args.seed * 1_000_003 + it)  # dropout masks depend on (seed, it) only
             opt.lr = poly_lr(args.lr, it, args.iters)
             logits = model(Tensor(images, device=device))
-            loss = F.softmax_cross_entropy(logits, Tensor(labels, device=device))
+            loss = F.softmax_cross_entropy(logits, labels)  # NumPy labels: checked on the host
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            # Read after the update: no device-to-host sync inside the step. A non-finite step
+            # is then applied before the exit, but never saved (save_checkpoint refuses it).
             value = float(loss.item())
             if not math.isfinite(value):
                 raise SystemExit(f"iteration {it}: the loss is {value}; stopping: "
                                  f"{last_good_text()} (try a lower --lr)")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
             history["iter"].append(it)
             history["loss"].append(value)
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{opt.lr:.4f}")
