@@ -11,18 +11,52 @@ overrides ``forward`` and ``backward`` instead and checks its inputs there.
 ``forward(*arrays) -> array or tuple``; ``backward(*grads) -> grads`` (one per input, ``None``
 where an input takes no gradient). ``self.dev`` is the device the inputs live on;
 ``self.needs_grad[i]`` tells backward which input gradients are wanted.
+
+One dtype rule for every op with a kernel path, on every device, checked here before ``check``:
+the inputs it names in ``reals`` are float32 or float64 (the kernels' ``real``), all of one dtype;
+anything else is a ValueError naming the op, the argument and the dtype, on ``cpu`` as on the
+kernel devices. Other inputs (the loss's integer labels) are the op's ``check``'s to judge. The
+array ops of ``functional/basic.py`` name no ``reals``: they run through ``xp`` on every device
+and take what it takes.
 """
+import numpy as np
+
 from . import config
+
+REALS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Op:
     """An operation on the arrays of one device: ``check``, then ``forward_cpu`` or
-    ``forward_kernel``. Without autograd (the SGD update, ``channel_sum``) it runs via ``run``."""
+    ``forward_kernel``. Without autograd (the SGD update, ``channel_sum``) it runs via ``run``.
+    ``name``: the op as its caller knows it, in messages; ``reals``: the names of its leading
+    inputs that must be real arrays (float32 or float64, one dtype), checked by ``check_reals``."""
+
+    name = None
+    reals = ()
 
     def run(self, dev, *xs):
         """``forward(*xs)`` on arrays of device ``dev``, outside the autograd graph."""
         self.dev = dev
+        self.check_reals(xs)
         return self.forward(*xs)
+
+    def check_reals(self, xs):
+        """ValueError unless the inputs named in ``reals`` (None: an absent optional input) are
+        float32 or float64 arrays of one dtype: the dtypes the kernels take, refused alike on
+        every device."""
+        first = None
+        for arg, x in zip(self.reals, xs):
+            if x is None:
+                continue
+            if x.dtype not in REALS:
+                raise ValueError(f"{self.name}: {arg} has dtype {x.dtype}; the ops with kernels "
+                                 f"take float32 or float64 on every device")
+            if first is None:
+                first = arg, x.dtype
+            elif x.dtype != first[1]:
+                raise ValueError(f"{self.name}: {arg} has dtype {x.dtype} but {first[0]} "
+                                 f"{first[1]}; an op takes one real dtype")
 
     def forward(self, *xs):
         self.check(*xs)
@@ -56,7 +90,9 @@ class Function(Op):
         inputs = [as_tensor(x, dev, like=tensors[0]) for x in inputs]
         self.dev = dev
         self.needs_grad = tuple(x.requires_grad for x in inputs)
-        ys = self.forward(*[x.data for x in inputs])
+        arrays = [x.data for x in inputs]
+        self.check_reals(arrays)
+        ys = self.forward(*arrays)
         single = not isinstance(ys, tuple)
         outputs = [Tensor(y, device=dev) for y in ((ys,) if single else ys)]
         if config.grad_enabled and any(self.needs_grad):

@@ -170,7 +170,7 @@ ERRORS = {
     "dilation": ((1, 2, 5, 5), (2, 2, 3, 3), dict(dilation=(1, -1)), r"dilation \(1, -1\)"),
     "bias": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(3)), r"bias of shape \(3,\)"),
     "dtype": ((1, 2, 5, 5), (2, 2, 3, 3), dict(b=np.zeros(2, np.float32)),
-              "dtypes differ: x float64, w float64, b float32"),
+              "conv2d: b has dtype float32 but x float64; an op takes one real dtype"),
 }
 
 

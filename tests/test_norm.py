@@ -131,16 +131,19 @@ def test_bad_shapes_raise(device):
         F.batch_norm(Tensor(data((1, 3, 1, 1), np.float32), device=device), w, w, r, r.copy(), True)
 
 
-@pytest.mark.parametrize("device", ["emu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_kernel_path_refuses_mixed_dtypes(device):
-    """The kernels take one real type: float64 running statistics beside float32 x are refused
-    before any launch (on cpu NumPy casts them)."""
+def test_mixed_dtypes_are_refused_on_every_device(device):
+    """The kernels take one real type, and so does every device: float64 running statistics or
+    gamma beside float32 x are refused before anything is computed or updated."""
     dev = get_device(device)
     x = Tensor(data((2, 3, 4, 4), np.float32), device=device)
     w, rm, rv = np.ones(3, np.float32), dev.asarray(np.zeros(3)), dev.asarray(np.ones(3))
-    with pytest.raises(ValueError, match="dtype float32.*got float32, float32, float64, float64"):
+    with pytest.raises(ValueError, match=r"^batch_norm: running_mean and running_var must have "
+                                         r"x's dtype float32 .*; got float64, float64$"):
         F.batch_norm(x, w, w, rm, rv, True)
     np.testing.assert_array_equal(get_device("cpu").asarray(rm), 0)  # nothing was updated
+    with pytest.raises(ValueError, match=r"^batch_norm: gamma has dtype float64 but x float32; "
+                                         r"an op takes one real dtype$"):
+        F.batch_norm(x, np.ones(3), w, rm.astype(np.float32), rv.astype(np.float32), True)
 
 
 # -- batch norm fused with the ReLU (batch_norm(..., relu=True)) -------------------------------

@@ -4,6 +4,8 @@ from ..kernels import launch
 
 
 class ReLU(Function):
+    name, reals = "relu", ("x",)
+
     def forward_cpu(self, x):
         self.y = self.dev.xp.maximum(x, 0)
         return self.y
@@ -40,6 +42,8 @@ def seed(s):
 
 
 class Dropout(Function):
+    name, reals = "dropout", ("x",)
+
     def __init__(self, p):
         self.p = p
 

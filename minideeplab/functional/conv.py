@@ -106,15 +106,13 @@ def _n_taps(g, live):
 
 class _Conv(Function):
     """What both convolutions share: the geometry (checked by ``conv2d``, which picks the class
-    from it), the dtype check, and the bias, added to the output of either path."""
+    from it; its dtypes are the base's rule, ``reals``) and the bias, added to the output of either
+    path."""
+
+    name, reals = "conv2d", ("x", "w", "b")
 
     def __init__(self, geometry):
         self.g = geometry
-
-    def check(self, x, w, b=None):
-        if any(a.dtype != x.dtype for a in (w, x if b is None else b)):
-            raise ValueError(f"conv2d: dtypes differ: x {x.dtype}, w {w.dtype}"
-                             + ("" if b is None else f", b {b.dtype}"))
 
     def _add_bias(self, y, b):
         if b is not None:
@@ -164,13 +162,16 @@ class Conv2d(_Conv):
                 BUFFERS.give(gcols)
         if self.needs_grad[1]:
             # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
-            gw_taps = np.matmul(gy[0], self.cols[0].transpose(0, 2, 1))
+            # An empty batch adds nothing: 0.
+            gw_taps = (np.matmul(gy[0], self.cols[0].transpose(0, 2, 1)) if g.N else
+                       np.zeros((G, g.Cout // G, self.cols.shape[2]), gy.dtype))
             for n in range(1, g.N):
                 gw_taps += np.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
-            gw = gw_taps.reshape(g.Cout, g.C // G, -1)
+            taps = _n_taps(g, self.live)
+            gw = gw_taps.reshape(g.Cout, g.C // G, taps)
             if self._dead_taps():  # their weights multiplied zeros: gradient 0
                 gw = np.zeros((g.Cout, g.C // G, g.kh * g.kw), gy.dtype)
-                gw[:, :, [t for t, _, _ in self.live]] = gw_taps.reshape(g.Cout, g.C // G, -1)
+                gw[:, :, [t for t, _, _ in self.live]] = gw_taps.reshape(g.Cout, g.C // G, taps)
             gw = gw.reshape(g.Cout, g.C // G, g.kh, g.kw)
         return gx, gw, gb
 
@@ -191,7 +192,7 @@ class Conv2d(_Conv):
         g, xp = self.g, self.dev.xp
         gb = self._bias_grad(gy)
         gyt = _swap_batch(xp, gy.reshape(g.N, g.Cout, g.Ho * g.Wo))  # (Cout, N, Ho*Wo)
-        gyt = gyt.reshape(g.groups, g.Cout // g.groups, -1)
+        gyt = gyt.reshape(g.groups, g.Cout // g.groups, g.N * g.Ho * g.Wo)
         gx = gw = None
         if self.needs_grad[1]:
             cols = self._columns_kernel(self.x)
@@ -216,7 +217,7 @@ class Conv2d(_Conv):
         else:
             cols = self.dev.xp.empty((g.C * g.kh * g.kw, g.N * g.Ho * g.Wo), x.dtype)
             launch(self.dev, "conv", "im2col", (x, cols) + _geom_args(g), n=cols.size)
-        return cols.reshape(g.groups, -1, g.N * g.Ho * g.Wo)
+        return cols.reshape(g.groups, g.C // g.groups * g.kh * g.kw, g.N * g.Ho * g.Wo)
 
     def _dead_taps(self):
         return _n_taps(self.g, self.live) < self.g.kh * self.g.kw
@@ -227,7 +228,7 @@ class Conv2d(_Conv):
         w = w.reshape(g.Cout, g.C // g.groups, g.kh * g.kw)
         if self._dead_taps():
             w = w[:, :, [t for t, _, _ in self.live]]
-        return w.reshape(g.groups, g.Cout // g.groups, -1)
+        return w.reshape(g.groups, g.Cout // g.groups, g.C // g.groups * _n_taps(g, self.live))
 
     def _im2col_cpu(self, x, shape):
         """Columns ``shape`` = (N, groups, C/groups*taps, Ho*Wo): row (c, t) holds the input under
@@ -326,7 +327,7 @@ class DepthwiseConv2d(_Conv):
         self.wt = w.reshape(g.C, m, g.kh * g.kw).transpose(2, 0, 1).copy()  # (taps, C, m)
         yh = np.zeros((g.N, g.Ho, g.Wo, g.C, m), x.dtype)
         chunks = _image_chunks(g, x.itemsize)
-        buf = np.empty((chunks[0].stop, g.Ho, g.Wo, g.C, m), x.dtype)
+        buf = np.empty((chunks[0].stop if chunks else 0, g.Ho, g.Wo, g.C, m), x.dtype)
         for n in chunks:
             for t, out, inp in _taps(g):
                 part = buf[: n.stop - n.start, : out[0].stop - out[0].start,

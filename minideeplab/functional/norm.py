@@ -26,6 +26,8 @@ def _rowdot(xp, a, b):
 
 
 class BatchNorm(Function):
+    name, reals = "batch_norm", ("x", "gamma", "beta")
+
     def __init__(self, running_mean, running_var, training, momentum, eps):
         self.running = [r.data if isinstance(r, Tensor) else r for r in (running_mean, running_var)]
         self.training, self.momentum, self.eps = bool(training), momentum, eps
@@ -39,6 +41,10 @@ class BatchNorm(Function):
         if not all(isinstance(r, xp.ndarray) for r in self.running):
             raise ValueError(f"batch_norm: running statistics must be {xp.__name__} arrays on "
                              f"{self.dev} (they are updated in place)")
+        if any(r.dtype != x.dtype for r in self.running):
+            raise ValueError(f"batch_norm: running_mean and running_var must have x's dtype "
+                             f"{x.dtype} (the kernels take one real type, on every device); got "
+                             f"{self.running[0].dtype}, {self.running[1].dtype}")
         self.x3 = self._rows(x)
         self.M = self.x3.shape[0] * self.x3.shape[2]
         if self.training and self.M < 2:
@@ -48,7 +54,8 @@ class BatchNorm(Function):
 
     def _rows(self, a):
         """NCHW ``a`` as C-contiguous (N, C, H * W): both paths index and sum it row by row."""
-        return self.dev.xp.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
+        N, C, H, W = a.shape  # not reshape(N, C, -1): that is ambiguous for an empty batch
+        return self.dev.xp.ascontiguousarray(a).reshape(N, C, H * W)
 
     def forward_cpu(self, x, gamma, beta):
         xp, x3, M = self.dev.xp, self.x3, self.M
@@ -71,15 +78,7 @@ class BatchNorm(Function):
         y += beta[:, None]
         return y.reshape(x.shape)
 
-    def _check_dtypes(self, x, gamma, beta):
-        if any(a.dtype != x.dtype for a in [gamma, beta] + self.running):
-            raise ValueError(f"batch_norm on {self.dev}: gamma, beta, running_mean and running_var "
-                             f"must have x's dtype {x.dtype} (the kernels take one real type); "
-                             f"got {gamma.dtype}, {beta.dtype}, {self.running[0].dtype}, "
-                             f"{self.running[1].dtype}")
-
     def forward_kernel(self, x, gamma, beta):
-        self._check_dtypes(x, gamma, beta)
         dev, x3, (C, L) = self.dev, self.x3, self.x3.shape[1:]
         stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
         sums = moments = gamma  # eval: bn_statistics reads neither
@@ -167,7 +166,6 @@ class BatchNormReLU(BatchNorm):
         return super().backward_cpu(gy * (z.reshape(gy.shape) > 0))
 
     def forward_kernel(self, x, gamma, beta):
-        self._check_dtypes(x, gamma, beta)
         dev, x3, (N, C, L) = self.dev, self.x3, self.x3.shape
         stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
         if self.training:

@@ -8,6 +8,8 @@ from ..kernels import launch
 class ChannelSum(Op):
     """``x.sum(axis=(0, 2, 3))``; the kernel runs one block per channel (deterministic)."""
 
+    name, reals = "channel_sum", ("x",)
+
     def check(self, x):
         if x.ndim != 4:
             raise ValueError(f"channel_sum takes an NCHW array, got shape {x.shape}")
@@ -18,8 +20,7 @@ class ChannelSum(Op):
     def forward_kernel(self, x):
         N, C, H, W = x.shape
         out = self.dev.xp.empty(C, dtype=x.dtype)
-        if C:
-            launch(self.dev, "reduce", "channel_sum", (x, out, N, C, H * W), grid=C)
+        launch(self.dev, "reduce", "channel_sum", (x, out, N, C, H * W), grid=C)
         return out
 
 

@@ -67,6 +67,8 @@ def _apply(xp, x, Ah, Aw):
 
 
 class ResizeBilinear(Function):
+    name, reals = "resize_bilinear", ("x",)
+
     def __init__(self, size, align_corners):
         self.size, self.align_corners = tuple(int(s) for s in size), bool(align_corners)
 
@@ -105,9 +107,12 @@ class ResizeBilinear(Function):
 
 
 class GlobalAvgPool(Function):
+    name, reals = "global_avg_pool", ("x",)
+
     def forward(self, x):
-        if x.ndim != 4:
-            raise ValueError(f"global_avg_pool: x must be (N, C, H, W), got {x.shape}")
+        if x.ndim != 4 or 0 in x.shape[2:]:
+            raise ValueError(f"global_avg_pool: x must be (N, C, H, W) with at least one pixel "
+                             f"to average, got {x.shape}")
         self.in_shape = (N, C, H, W) = x.shape
         # The per-(n, c) sums are channel sums of x viewed as (1, N * C, H * W, 1).
         s = channel_sum(x.reshape(1, N * C, H * W, 1), self.dev)

@@ -3,7 +3,9 @@
 Every launch goes through ``launch``: ``BLOCK`` threads a block, a grid-stride grid over ``n``
 elements (``grid_1d``) or an explicit grid (one block per channel, say). Each ``.cu`` file is
 compiled with ``-DBLOCK=<BLOCK>``, so a kernel's shared arrays and the launch agree by
-construction (ARCHITECTURE.md s. 5).
+construction (ARCHITECTURE.md s. 5). A launch over no elements (``n == 0``) or no blocks (a grid
+with a 0) is skipped here, for every op: it has nothing to compute, and CUDA refuses a grid of 0
+blocks.
 """
 
 BLOCK = 256  # threads per block of every launch: a power of two, for the tree reductions
@@ -30,10 +32,14 @@ def launch(dev, family, kernel, args, n=None, grid=None):
     every block has ``BLOCK`` threads. The real type is the dtype of the first floating-point
     array in ``args``. Arrays the kernel only reads (``const real*``) are made C-contiguous here
     (a copy only if strided); arrays it writes must be C-contiguous already (the loader says so),
-    since a copy would be written instead of the caller's array.
+    since a copy would be written instead of the caller's array. Nothing runs when ``n`` is 0 or
+    ``grid`` has a 0 (an empty batch, no channels): the outputs are then empty, or filled by the
+    caller.
     """
     if (n is None) == (grid is None):
         raise ValueError(f"launch of {kernel}: give exactly one of n (elements) and grid (blocks)")
+    if n == 0 or (grid is not None and 0 in ((grid,) if isinstance(grid, int) else grid)):
+        return
     xp = dev.xp
     dtype = next(a.dtype for a in args if isinstance(a, xp.ndarray) and a.dtype.kind == "f")
     module = dev.module(family, dtype)

@@ -1,6 +1,8 @@
-// ReLU (ARCHITECTURE.md s. 5): forward y = max(x, 0), backward gx = gy where y > 0, else 0.
-// Both are grid-stride loops over n elements, launched 1-D as grid_1d(n) blocks of BLOCK threads.
-// No __restrict__: an op may run in place (y == x, gx == gy).
+// ReLU (ARCHITECTURE.md s. 5): forward y = max(x, 0), backward gx = gy where y > 0, else 0, with
+// NaN as on the NumPy path (relu.cuh). Both are grid-stride loops over n elements, launched 1-D as
+// grid_1d(n) blocks of BLOCK threads. No __restrict__: an op may run in place (y == x, gx == gy).
+
+#include "relu.cuh"
 
 // One thread: elements i, i + stride, i + 2 stride, ... of y (i = its global index, stride =
 // gridDim.x * blockDim.x), so any grid covers any n.
@@ -9,7 +11,7 @@
 extern "C" __global__ void relu_forward(const real* x, real* y, int n) {
   const int stride = gridDim.x * blockDim.x;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    y[i] = x[i] > (real)0 ? x[i] : (real)0;
+    y[i] = relu_value(x[i]);
 }
 
 // One thread: elements i, i + stride, ... (grid-stride) of gx.
@@ -18,5 +20,5 @@ extern "C" __global__ void relu_forward(const real* x, real* y, int n) {
 extern "C" __global__ void relu_backward(const real* y, const real* gy, real* gx, int n) {
   const int stride = gridDim.x * blockDim.x;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    gx[i] = y[i] > (real)0 ? gy[i] : (real)0;
+    gx[i] = relu_grad(y[i], gy[i]);
 }

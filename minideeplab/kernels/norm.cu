@@ -10,6 +10,7 @@
 // the split sums, 1-D grid-stride loops (grid_1d(n) blocks of BLOCK threads) for the others.
 
 #include "block_reduce.cuh"
+#include "relu.cuh"
 
 // One block per channel c: s1 = sum(w), s2 = sum(w * (x - m)) over the channel's N * L elements,
 // m = centre[c] / count, w = g - m (centre_g != 0) or g. Statistics: centre = the channel sums,
@@ -121,9 +122,10 @@ extern "C" __global__ void bn_backward_dx(const real* x, const real* gy, const r
 }
 
 // -- batch norm fused with the ReLU that follows it (BatchNormReLU, functional/norm.py) ---------
-// y = max(z, 0), z = (x - mean) * scale + beta. The forward is bn_split_sums, bn_split_statistics
-// and bn_relu_forward; the backward bn_relu_backward_sums, bn_split_coefficients and
-// bn_relu_backward_dx, which recompute z from x (the ReLU's mask is z > 0): the op keeps x only.
+// y = max(z, 0), z = (x - mean) * scale + beta, NaN as on the NumPy path (relu.cuh). The forward
+// is bn_split_sums, bn_split_statistics and bn_relu_forward; the backward bn_relu_backward_sums,
+// bn_split_coefficients and bn_relu_backward_dx, which recompute z from x (the ReLU's mask is
+// z > 0): the op keeps x only.
 // The sums split each channel's M = N * L elements over B blocks (grid (B, C), B from the shapes
 // alone) so that a few hundred channels still fill a GPU; each block's partial sum is a
 // block_tree_sum, and one thread per channel adds the B partials in the order b = 0, 1, ...:
@@ -201,13 +203,13 @@ extern "C" __global__ void bn_relu_forward(const real* x, const real* mean, cons
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int c = (i / L) % C;
     const real z = bn_z(x[i], mean[c], scale[c], beta[c]);
-    y[i] = z > (real)0 ? z : (real)0;
+    y[i] = relu_value(z);
   }
 }
 
-// One block (b, c), elements as bn_split_sums': with gz = gy where z > 0, else 0 (the ReLU's
-// backward, z recomputed from x), s1 = sum(gz) and s2 = sum(gz * (x - mean)). out = (s1, s2):
-// (2, C, B).
+// One block (b, c), elements as bn_split_sums': with gz = gy where z > 0, else 0 (relu_grad: the
+// ReLU's backward, z recomputed from x), s1 = sum(gz) and s2 = sum(gz * (x - mean)).
+// out = (s1, s2): (2, C, B).
 // Launch: grid (B, C), block BLOCK. Bytes per output element: reads 2 M / B reals, writes 1.
 extern "C" __global__ void bn_relu_backward_sums(const real* x, const real* gy, const real* mean,
                                                  const real* scale, const real* beta, real* out,
@@ -219,7 +221,7 @@ extern "C" __global__ void bn_relu_backward_sums(const real* x, const real* gy, 
   real s1 = 0, s2 = 0;
   for (int j = b * blockDim.x + threadIdx.x; j < M; j += B * blockDim.x) {
     const int n = j / L, i = (n * C + c) * L + (j - n * L);
-    const real gz = bn_z(x[i], m, sc, be) > (real)0 ? gy[i] : (real)0;
+    const real gz = relu_grad(bn_z(x[i], m, sc, be), gy[i]);
     s1 += gz;
     s2 += gz * (x[i] - m);
   }
@@ -257,7 +259,7 @@ extern "C" __global__ void bn_split_coefficients(const real* partial, const real
 }
 
 // One thread: elements i, i + stride, ... (grid-stride) of dx = a[c] * (gz - k1[c] - (x - mean[c])
-// * k2[c]), gz = gy where z > 0, else 0 (bn_backward_dx after the ReLU's backward).
+// * k2[c]), gz = gy where z > 0, else 0 (relu_grad; bn_backward_dx after the ReLU's backward).
 // Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 2 reals,
 // writes 1.
 extern "C" __global__ void bn_relu_backward_dx(const real* x, const real* gy, const real* mean,
@@ -267,7 +269,7 @@ extern "C" __global__ void bn_relu_backward_dx(const real* x, const real* gy, co
   const int stride = gridDim.x * blockDim.x;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int c = (i / L) % C;
-    const real gz = bn_z(x[i], mean[c], scale[c], beta[c]) > (real)0 ? gy[i] : (real)0;
+    const real gz = relu_grad(bn_z(x[i], mean[c], scale[c], beta[c]), gy[i]);
     dx[i] = a[c] * (gz - k1[c] - (x[i] - mean[c]) * k2[c]);
   }
 }
