@@ -34,6 +34,77 @@ def test_relu_forward_backward(device, shape, dtype):
     np.testing.assert_array_equal(get_device("cpu").asarray(t.grad), np.where(positive, gy, 0))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_keeps_nan_as_numpy_does(device, dtype):
+    """One answer on every device: the forward keeps NaN (np.maximum), the backward is
+    gy * (y > 0), so a NaN or infinite gy gives NaN where the unit is off, and 0 * finite gy = 0
+    where y is NaN."""
+    nan, inf = np.nan, np.inf
+    x = np.array([nan, nan, inf, -inf, 2.0, -3.0, 0.0, -1.0, 1.0, -2.0], dtype)
+    gy = np.array([1.0, nan, 2.0, 3.0, nan, nan, inf, -inf, inf, 4.0], dtype)
+    t = Tensor(x, requires_grad=True, device=device)
+    y = F.relu(t)
+    y.backward(get_device(device).asarray(gy))
+    np.testing.assert_array_equal(y.numpy(), [nan, nan, inf, 0, 2, 0, 0, 0, 1, 0])
+    np.testing.assert_array_equal(get_device("cpu").asarray(t.grad),
+                                  [0, nan, 2, 0, nan, nan, nan, nan, inf, 0])
+
+
+def test_relu_of_an_empty_batch_is_empty(device):
+    t = Tensor(np.zeros((0, 3, 4, 4), np.float32), requires_grad=True, device=device)
+    y = F.relu(t)
+    y.backward(get_device(device).asarray(np.zeros((0, 3, 4, 4), np.float32)))
+    assert y.shape == t.grad.shape == (0, 3, 4, 4) and y.dtype == np.float32
+
+
+def test_a_launch_over_nothing_is_skipped(monkeypatch):
+    """kernels.launch runs nothing for n = 0 or a grid with a 0 (CUDA refuses 0 blocks); the
+    device is never asked."""
+    from minideeplab.kernels import launch
+    dev = get_device("emu")
+    calls = []
+    monkeypatch.setattr(type(dev), "launch", lambda self, *a: calls.append(a))
+    x = np.zeros((0, 3), np.float32)
+    launch(dev, "activation", "relu_forward", (x, x, 0), n=0)
+    launch(dev, "reduce", "channel_sum", (x, np.zeros(0, np.float32), 2, 0, 1), grid=0)
+    launch(dev, "norm", "bn_split_sums", (x, x, 2, 0, 1, 1), grid=(1, 0))
+    assert calls == []
+    launch(dev, "activation", "relu_forward", (np.ones(3, np.float32), np.ones(3, np.float32),
+                                               3), n=3)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.int32, np.bool_, np.complex64])
+def test_one_dtype_rule_on_every_device(device, dtype):
+    """An op with a kernel path takes float32 or float64 on every device, cpu included: one
+    line naming the op, the argument and the dtype."""
+    x, w = (Tensor(np.ones(shape, dtype), device=device) for shape in [(1, 2, 3, 3), (2, 2, 1, 1)])
+    x32, w32 = (Tensor(a.numpy().astype(np.float32), device=device) for a in (x, w))
+    name = np.dtype(dtype).name
+    rule = "; the ops with kernels take float32 or float64 on every device$"
+    for call, message in [(lambda: F.relu(x), f"^relu: x has dtype {name}"),
+                          (lambda: F.conv2d(x, w32), f"^conv2d: x has dtype {name}"),
+                          (lambda: F.conv2d(x32, w), f"^conv2d: w has dtype {name}"),
+                          (lambda: F.resize_bilinear(x, (5, 5)),
+                           f"^resize_bilinear: x has dtype {name}"),
+                          (lambda: F.global_avg_pool(x), f"^global_avg_pool: x has dtype {name}"),
+                          (lambda: F.dropout(x, 0.5, True), f"^dropout: x has dtype {name}"),
+                          (lambda: F.softmax_cross_entropy(x, np.zeros((1, 3, 3), np.int64)),
+                           f"^softmax_cross_entropy: logits has dtype {name}"),
+                          (lambda: channel_sum(x.data, device),
+                           f"^channel_sum: x has dtype {name}")]:
+        with pytest.raises(ValueError, match=message + rule):
+            call()
+
+
+def test_the_array_ops_stay_general(device):
+    """functional/basic.py's ops run through xp on every device and take what it takes."""
+    a = Tensor(np.arange(6, dtype=np.int64).reshape(2, 3), device=device)
+    np.testing.assert_array_equal((a + a * a).numpy(), [[0, 2, 6], [12, 20, 30]])
+    assert F.sum(Tensor(np.ones(4, np.float16), device=device)).dtype == np.float16
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_channel_sum(device, shape, dtype):

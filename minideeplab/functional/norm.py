@@ -131,7 +131,8 @@ class BatchNorm(Function):
         dgamma, a, k1, k2 = coef
         dx = dev.xp.empty_like(gy3)
         launch(dev, "norm", "bn_backward_dx",
-               (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size), n=dx.size)
+               (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size, int(self.training)),
+               n=dx.size)
         return dx.reshape(gy.shape), dgamma, moments[0]  # views of coef and moments: no copies
 
 
@@ -198,7 +199,8 @@ class BatchNormReLU(BatchNorm):
         dgamma, a, k1, k2, dbeta = coef
         dx = dev.xp.empty_like(gy3)
         launch(dev, "norm", "bn_relu_backward_dx",
-               (self.x3, gy3, *zargs, a, k1, k2, dx, C, L, dx.size), n=dx.size)
+               (self.x3, gy3, *zargs, a, k1, k2, dx, C, L, dx.size, int(self.training)),
+               n=dx.size)
         return dx.reshape(gy.shape), dgamma, dbeta  # views of coef: no copies
 
 

@@ -91,7 +91,7 @@ extern "C" __global__ void bn_forward(const real* x, const real* mean, const rea
 // coef = (dgamma, a, k1, k2): (4, C), from moments = bn_moments' (dbeta, sum(gy * (x - mean))):
 // dgamma = sum(gy * (x - mean)) * invstd, a = gamma * invstd; training: k1 = dbeta / M,
 // k2 = invstd * dgamma / M (the batch statistics depend on x); eval (training = 0): k1 = k2 = 0
-// (the statistics are constants: bn_backward_dx then gives dx = a * gy).
+// (the statistics are constants: bn_backward_dx then gives dx = a * gy, reading neither).
 // Launch: 1-D, grid_1d(C) blocks of BLOCK threads. Bytes per channel: reads 4 reals, writes 4.
 extern "C" __global__ void bn_backward_coefficients(const real* moments, const real* gamma,
                                                     const real* invstd, real* coef, int C, int M,
@@ -108,16 +108,17 @@ extern "C" __global__ void bn_backward_coefficients(const real* moments, const r
 
 // One thread: elements i, i + stride, ... (grid-stride) of
 // dx = a[c] * (gy - k1[c] - (x - mean[c]) * k2[c]), a = gamma * invstd, k1 = dbeta / M,
-// k2 = invstd^2 * sum(gy * (x - mean)) / M (training; k1 = k2 = 0 in eval).
+// k2 = invstd^2 * sum(gy * (x - mean)) / M in training; dx = a[c] * gy in eval (training = 0),
+// which does not read x: a NaN in x leaves dx as it is on the NumPy path.
 // Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 2 reals,
 // writes 1.
 extern "C" __global__ void bn_backward_dx(const real* x, const real* gy, const real* mean,
                                           const real* a, const real* k1, const real* k2, real* dx,
-                                          int C, int L, int n) {
+                                          int C, int L, int n, int training) {
   const int stride = gridDim.x * blockDim.x;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int c = (i / L) % C;
-    dx[i] = a[c] * (gy[i] - k1[c] - (x[i] - mean[c]) * k2[c]);
+    dx[i] = training ? a[c] * (gy[i] - k1[c] - (x[i] - mean[c]) * k2[c]) : a[c] * gy[i];
   }
 }
 
@@ -259,17 +260,18 @@ extern "C" __global__ void bn_split_coefficients(const real* partial, const real
 }
 
 // One thread: elements i, i + stride, ... (grid-stride) of dx = a[c] * (gz - k1[c] - (x - mean[c])
-// * k2[c]), gz = gy where z > 0, else 0 (relu_grad; bn_backward_dx after the ReLU's backward).
+// * k2[c]) in training, a[c] * gz in eval, gz = gy where z > 0, else 0 (relu_grad;
+// bn_backward_dx after the ReLU's backward).
 // Launch: 1-D, grid_1d(n) blocks of BLOCK threads. Bytes per output element: reads 2 reals,
 // writes 1.
 extern "C" __global__ void bn_relu_backward_dx(const real* x, const real* gy, const real* mean,
                                                const real* scale, const real* beta,
                                                const real* a, const real* k1, const real* k2,
-                                               real* dx, int C, int L, int n) {
+                                               real* dx, int C, int L, int n, int training) {
   const int stride = gridDim.x * blockDim.x;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int c = (i / L) % C;
     const real gz = relu_grad(bn_z(x[i], mean[c], scale[c], beta[c]), gy[i]);
-    dx[i] = a[c] * (gz - k1[c] - (x[i] - mean[c]) * k2[c]);
+    dx[i] = training ? a[c] * (gz - k1[c] - (x[i] - mean[c]) * k2[c]) : a[c] * gz;
   }
 }
