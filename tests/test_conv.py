@@ -7,6 +7,7 @@ import scipy.signal
 
 import minideeplab as mdl
 import minideeplab.functional as F
+from minideeplab.device import get_device
 from tests.conftest import assert_close
 
 rng = np.random.default_rng(0)
@@ -201,3 +202,40 @@ def test_the_numpy_path_reuses_its_column_buffers(monkeypatch):
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     assert_close(results[0][0], naive_conv(x, w, padding=1))
+
+
+# An empty batch, no input channels, no output channels: each case of CASES' geometries with one
+# of N, C (with Cin/groups and groups kept consistent) or Cout set to 0.
+EMPTY = {
+    "dense_no_images": ((0, 3, 6, 5), (4, 3, 3, 3), dict(padding=1)),
+    "pointwise_no_images": ((0, 3, 4, 5), (4, 3, 1, 1), {}),
+    "depthwise_no_images": ((0, 3, 7, 7), (3, 1, 3, 3), dict(padding=1, groups=3)),
+    "grouped_no_images": ((0, 4, 5, 5), (6, 2, 3, 3), dict(padding=1, groups=2)),
+    "dead_taps_no_images": ((0, 2, 3, 3), (2, 2, 3, 3), dict(padding=4, dilation=4)),
+    "no_input_channels": ((2, 0, 5, 5), (4, 0, 3, 3), dict(padding=1)),
+    "pointwise_no_input_channels": ((2, 0, 5, 5), (4, 0, 1, 1), {}),
+    "no_output_channels": ((2, 3, 5, 5), (0, 3, 3, 3), dict(padding=1)),
+    "pointwise_no_output_channels": ((2, 3, 5, 5), (0, 3, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY))
+def test_empty_batches_and_channels(case, device):
+    """An empty batch or no channels is no mistake a conv must refuse: the output and every
+    gradient are what the definition gives (naive_conv and sums over nothing): empty arrays, the
+    bias alone without input channels, zero weight and bias gradients without images."""
+    xs, ws, kw = EMPTY[case]
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    ts = [mdl.Tensor(a, requires_grad=True, device=device) for a in (x, w, b)]
+    y = F.conv2d(*ts, **kw)
+    expected = naive_conv(x, w, b, **kw)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y.numpy(), expected)
+    gy = rng.standard_normal(y.shape)
+    y.backward(get_device(device).asarray(gy))
+    gx, gw, gb = (get_device("cpu").asarray(t.grad) for t in ts)
+    assert (gx.shape, gw.shape, gb.shape) == (xs, ws, (ws[0],))
+    np.testing.assert_array_equal(gx, 0 * x)  # a nonempty gx only without output channels
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)))
+    if xs[0] == 0:
+        np.testing.assert_array_equal(gw, np.zeros(ws))  # a sum over no images

@@ -1,5 +1,7 @@
 """Batch norm on every device against a naive per-channel float64 reference (Ioffe & Szegedy 2015,
 Algorithm 1 and the chain rule of their Sec. 3) with PyTorch's running-statistic conventions."""
+import re
+
 import numpy as np
 import pytest
 
@@ -209,3 +211,80 @@ def test_fused_relu_large_mean_keeps_precision_float32(device):
     m = x.size // 4
     assert_close(rv, var * m / (m - 1), kind="float32_long")
     np.testing.assert_allclose(get_device("cpu").asarray(y), np.maximum(ry, 0), atol=2e-3)
+
+
+# -- empty arrays and NaN: one answer on every device --------------------------------------------
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_training_on_an_empty_batch_says_why(device, relu):
+    """Training statistics of zero values per channel do not exist: one line, nothing updated."""
+    dev = get_device(device)
+    rm, rv = dev.asarray(np.zeros(3, np.float32)), dev.asarray(np.ones(3, np.float32))
+    w = np.ones(3, np.float32)
+    for shape in [(0, 3, 4, 4), (2, 3, 0, 4)]:
+        x = Tensor(np.zeros(shape, np.float32), device=device)
+        message = (f"batch_norm: training needs more than one value per channel, got x of "
+                   f"shape {shape}")
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            F.batch_norm(x, w, w, rm, rv, True, relu=relu)
+    np.testing.assert_array_equal(get_device("cpu").asarray(rm), 0)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_eval_on_an_empty_batch_and_training_without_channels(device, relu):
+    """Eval needs no batch statistics: an empty batch gives an empty output and gradient, and
+    zero gamma and beta gradients (sums over nothing). Without channels, training has nothing to
+    normalise: empty everything."""
+    gamma, beta = data(3, np.float64, seed=2), data(3, np.float64, seed=3)
+    out = run(device, np.zeros((0, 3, 5, 4)), gamma, beta, np.zeros((0, 3, 5, 4)),
+              (np.zeros(3), np.ones(3)), False, relu=relu)
+    y, gx, dgamma, dbeta, rm, rv = (get_device("cpu").asarray(a) for a in out)
+    assert y.shape == gx.shape == (0, 3, 5, 4)
+    for a, expected in [(dgamma, 0), (dbeta, 0), (rm, 0), (rv, 1)]:
+        np.testing.assert_array_equal(a, np.full(3, expected))
+    out = run(device, np.zeros((2, 0, 5, 4)), np.zeros(0), np.zeros(0), np.zeros((2, 0, 5, 4)),
+              (np.zeros(0), np.ones(0)), True, relu=relu)
+    assert [a.shape for a in out] == [(2, 0, 5, 4), (2, 0, 5, 4), (0,), (0,), (0,), (0,)]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("relu", [False, True])
+def test_nan_in_eval(device, relu):
+    """Eval with fixed statistics, one NaN in x and non-finite values in gy: the reference is
+    NumPy's arithmetic, element by element. y is NaN where x is; dx = a * gz with gz = gy (or,
+    fused, gy * (z > 0)): it reads no x, so a NaN in x leaves dx finite there (not NaN * 0); a
+    NaN or infinite gy gives NaN where the ReLU is off."""
+    x = data((1, 2, 2, 3), np.float64)
+    x[0, 0, 0, 0] = np.nan
+    gy = data(x.shape, np.float64, seed=1)
+    gy[0, 1, 0, :] = [np.nan, np.inf, -np.inf]
+    gamma, beta = np.array([1.5, -2.0]), np.array([0.1, 0.2])
+    running = np.array([0.3, -0.4]), np.array([2.0, 0.5])
+    y, gx, dgamma, dbeta, _, _ = (get_device("cpu").asarray(a) for a in
+                                  run(device, x, gamma, beta, gy, running, False, relu=relu))
+    b = (slice(None), None, None)
+    a = gamma / np.sqrt(running[1] + 1e-5)
+    z = (x - running[0][b]) * a[b] + beta[b]
+    gz = gy * (z > 0) if relu else gy
+    np.testing.assert_allclose(y, np.maximum(z, 0) if relu else z, rtol=1e-12)
+    np.testing.assert_allclose(gx, gz * a[b], rtol=1e-12)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isfinite(gx[0, 0]).all()
+    np.testing.assert_allclose(dbeta, gz.sum(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(dgamma, (gz * (x - running[0][b])).sum(axis=(0, 2, 3)) *
+                               (a / gamma), rtol=1e-12)  # NaN where x or gy is
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_nan_in_training_fills_its_channel(device, relu):
+    """A NaN in x makes its channel's batch statistics NaN, so the channel's output, gradients
+    and running statistics are NaN on every device (the fused ReLU keeps it, as np.maximum
+    does); the other channel is untouched."""
+    x = data((2, 2, 3, 3), np.float64)
+    x[1, 0, 2, 1] = np.nan
+    gy = data(x.shape, np.float64, seed=1)
+    y, gx, dgamma, dbeta, rm, rv = (get_device("cpu").asarray(a) for a in run(
+        device, x, np.ones(2), np.zeros(2), gy, (np.zeros(2), np.ones(2)), True, relu=relu))
+    for a in (y[:, 0], gx[:, 0], dgamma[0], rm[0], rv[0]):
+        assert np.isnan(a).all()
+    for a in (y[:, 1], gx[:, 1], dgamma[1], dbeta, rm[1], rv[1]):
+        assert np.isfinite(a).all()
