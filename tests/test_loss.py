@@ -123,6 +123,53 @@ def test_bad_shapes_raise(device):
                                 np.zeros((2, 4, 5), int))
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 3, 0, 4)])
+def test_no_pixels_give_zero_and_an_empty_gradient(device, shape):
+    """An empty batch counts no pixel, as an all-ignored one: the loss is +0 (not 0 / 0, and not
+    -0 on one device and +0 on another), the gradient empty."""
+    loss, grad = run(device, np.zeros(shape, np.float32), np.zeros(shape[:1] + shape[2:], int))
+    assert loss == 0 and not np.signbit(loss) and loss.dtype == np.float32
+    assert grad.shape == shape
+
+
+def test_no_classes_are_refused(device):
+    with pytest.raises(ValueError, match=r"^softmax_cross_entropy: logits must be \(N, C, H, W\) "
+                                         r"with C >= 1 classes .*got \(2, 0, 4, 4\)"):
+        F.softmax_cross_entropy(Tensor(np.zeros((2, 0, 4, 4)), device=device),
+                                np.full((2, 4, 4), 255))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_logits(device, dtype):
+    """A NaN or infinite logit of a counted pixel makes the loss and that pixel's gradient NaN
+    on every device; one of an ignored pixel reaches neither (its gradient is 0): the result is
+    the reference's over the other pixels."""
+    logits, labels = case((1, 3, 2, 4), dtype, ignored=0)
+    labels[0, 0, :2] = 255
+    logits[0, :, 0, 0] = [np.nan, 1.0, 2.0]  # ignored
+    logits[0, 1, 0, 1] = np.inf  # ignored
+    ref_loss, ref_grad = reference(logits, labels)
+    loss, grad = run(device, logits, labels)
+    assert_close(loss, ref_loss, dtype=dtype)
+    assert_close(grad, ref_grad, dtype=dtype)
+    np.testing.assert_array_equal(grad[0, :, 0, :2], 0)
+    for bad in (np.nan, np.inf):
+        counted = logits.copy()
+        counted[0, 2, 1, 3] = bad
+        loss, grad = run(device, counted, labels)
+        assert np.isnan(loss) and np.isnan(grad[0, :, 1, 3]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64])
+def test_logits_of_another_dtype_are_refused(device, dtype):
+    with pytest.raises(ValueError, match=rf"^softmax_cross_entropy: logits has dtype "
+                                         rf"{np.dtype(dtype).name}; the ops with kernels take "
+                                         r"float32 or float64 on every device$"):
+        F.softmax_cross_entropy(Tensor(np.zeros((1, 3, 2, 2), dtype), device=device),
+                                np.zeros((1, 2, 2), int))
+
+
 # -- dropout -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -105,3 +105,17 @@ def test_global_avg_pool(device, shape, dtype):
                           for c in range(shape[1])] for n in range(shape[0])])
     assert_close(y[:, :, 0, 0], expected, dtype=dtype)
     assert_close(gx, np.broadcast_to(gy / (shape[2] * shape[3]), shape), dtype=dtype)
+
+
+@pytest.mark.parametrize("fn", [lambda x: F.resize_bilinear(x, (7, 3)), F.global_avg_pool])
+@pytest.mark.parametrize("shape", [(0, 3, 5, 4), (2, 0, 5, 4)])
+def test_empty_batches_and_channels_give_empty_results(device, fn, shape):
+    y, gx, _ = run(device, fn, np.zeros(shape))
+    assert y.shape[:2] == shape[:2] and y.size == 0 and gx.shape == shape
+
+
+def test_global_avg_pool_of_no_pixels_is_refused(device):
+    """A mean over no pixels is 0 / 0: refused, not NaN."""
+    with pytest.raises(ValueError, match=r"^global_avg_pool: x must be \(N, C, H, W\) with at "
+                                         r"least one pixel to average, got \(2, 3, 0, 4\)$"):
+        F.global_avg_pool(Tensor(np.zeros((2, 3, 0, 4)), device=device))
