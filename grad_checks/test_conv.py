@@ -26,13 +26,16 @@ CASES = {
 
 
 # Larger cases, checked along random directions: they reach the kernels' loops that tiny shapes
-# skip (each thread of the depthwise weight reduction summing several of the N*Ho*Wo positions;
-# more (channel, tap) pairs than the 4096 blocks it launches).
+# skip (several tiles of the tiled depthwise kernels, each thread of the reference weight
+# reduction summing several of the N*Ho*Wo positions; more (channel, tap) pairs than 4096).
 LARGE = {
     "depthwise_long_reduction": ((2, 2, 27, 25), (2, 1, 3, 3),
                                  dict(stride=2, padding=2, dilation=2, groups=2)),
     "depthwise_many_pairs": ((1, 460, 2, 3), (460, 1, 3, 3), dict(padding=1, groups=460)),
     "dense_long": ((2, 3, 19, 17), (4, 3, 3, 3), dict(padding=3, dilation=3)),
+    # the tiled depthwise kernels over partial 32 x 32 tiles, with a channel multiplier
+    "depthwise_partial_tiles": ((1, 2, 35, 37), (4, 1, 3, 3),
+                                dict(padding=6, dilation=6, groups=2)),
 }
 
 

@@ -18,7 +18,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..function import Function
-from ..kernels import MAX_GRID, launch
+from ..kernels import BLOCK, MAX_GRID, launch
 
 Geometry = namedtuple("Geometry", "N C H W Cout kh kw sh sw ph pw dh dw Ho Wo groups")
 
@@ -356,24 +356,74 @@ class DepthwiseConv2d(_Conv):
         g = self.g
         self.x, self.w = x, w
         y = self.dev.xp.empty((g.N, g.Cout, g.Ho, g.Wo), x.dtype)
-        launch(self.dev, "conv", "depthwise_forward", (x, w, y, g.Cout // g.C) + _geom_args(g),
-               n=y.size)
+        _depthwise_launch(self.dev, "forward", (x, w, y), g, (g.Ho, g.Wo), (g.H, g.W))
         return self._add_bias(y, b)
 
     def backward_kernel(self, gy):
         g, xp = self.g, self.dev.xp
-        args = (g.Cout // g.C,) + _geom_args(g)
         gx = gw = None
         if self.needs_grad[0]:
             gx = xp.empty(self.x.shape, gy.dtype)
-            launch(self.dev, "conv", "depthwise_backward_input", (gy, self.w, gx) + args,
-                   n=gx.size)
+            _depthwise_launch(self.dev, "backward_input", (gy, self.w, gx), g, (g.H, g.W),
+                              (g.Ho, g.Wo))
         if self.needs_grad[1]:
             gw = xp.empty(self.w.shape, gy.dtype)
-            # One block per (output channel, tap): a deterministic tree reduction, no atomics.
-            launch(self.dev, "conv", "depthwise_backward_weight", (self.x, gy, gw) + args,
-                   grid=min(gw.size, MAX_GRID))
+            _depthwise_launch(self.dev, "backward_weight", (self.x, gy, gw), g, (g.Ho, g.Wo),
+                              (g.H, g.W))
         return gx, gw, self._bias_grad(gy)
+
+
+# The tiles of the fast depthwise kernels (kernels/conv.cu, DW_*): DW_TW columns, DW_TY thread
+# rows of `rows` outputs each, a shared window of at most DW_HALO reals.
+DW_TW, DW_TY, DW_HALO = 32, BLOCK // 32, 16 * BLOCK
+
+
+def _depthwise_rows(g, tile, window, backward_input):
+    """Outputs per thread (1, 2 or 4) for a tile over ``tile`` = (rows, cols) whose window in
+    ``window`` = (rows, cols) fits DW_HALO; the fewest that still cover the map (a 9-row map needs
+    no 32-row tiles), or None: no window fits, or a stride that is not a power of two."""
+    if any(s & (s - 1) for s in (g.sh, g.sw)):
+        return None
+    for rows in (4, 2, 1):
+        if rows > 1 and DW_TY * rows // 2 >= tile[0]:
+            continue
+        if backward_input:  # the gy rows that a tile of gx gathers from
+            span = [min(o, ((t - 1 + (k - 1) * d) + s - 1) // s + 1) for o, t, k, d, s in
+                    zip(window, (DW_TY * rows, DW_TW), (g.kh, g.kw), (g.dh, g.dw), (g.sh, g.sw))]
+        else:
+            span = [min(o, (t - 1) * s + (k - 1) * d + 1) for o, t, k, d, s in
+                    zip(window, (DW_TY * rows, DW_TW), (g.kh, g.kw), (g.dh, g.dw), (g.sh, g.sw))]
+        if span[0] * span[1] <= DW_HALO:
+            return rows
+    return None
+
+
+def _depthwise_launch(dev, kernel, arrays, g, tile, window):
+    """Run the tiled ``depthwise_<kernel>`` (one tile of ``tile``-shaped output per block), or
+    its ``_reference`` version where no window fits. backward_weight writes one partial sum per
+    (weight, tile) and reduce.cu's channel_sum adds them in a fixed order."""
+    m = g.Cout // g.C
+    rows = _depthwise_rows(g, tile, window, kernel == "backward_input")
+    if rows is None:
+        name, out = f"depthwise_{kernel}_reference", arrays[-1]
+        if kernel == "backward_weight":  # one block per (output channel, tap)
+            launch(dev, "conv", name, arrays + (m,) + _geom_args(g), grid=min(out.size, MAX_GRID))
+        else:
+            launch(dev, "conv", name, arrays + (m,) + _geom_args(g), n=out.size)
+        return
+    tiles = (g.N * (g.C if kernel == "backward_input" else g.Cout)
+             * -(-tile[0] // (DW_TY * rows)) * -(-tile[1] // DW_TW))
+    grid = min(tiles, MAX_GRID)
+    if kernel != "backward_weight":
+        launch(dev, "conv", f"depthwise_{kernel}", arrays + (m,) + _geom_args(g) + (rows,),
+               grid=grid)
+        return
+    gw = arrays[-1]
+    parts = tiles // g.Cout  # partial sums per weight: N * tiles per plane
+    part = dev.xp.empty((gw.size, parts), gw.dtype)
+    launch(dev, "conv", "depthwise_backward_weight", arrays[:2] + (part, m) + _geom_args(g)
+           + (rows,), grid=grid)
+    launch(dev, "reduce", "channel_sum", (part, gw, 1, gw.size, parts), grid=gw.size)
 
 
 # -- the public ops --------------------------------------------------------------------------

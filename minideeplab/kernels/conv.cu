@@ -5,8 +5,9 @@
 // Output row ho under tap row i reads input row ho*sh - ph + i*dh (columns alike); a read outside
 // [0, H) x [0, W) is padding and contributes zero.
 // Launch: 1-D grid-stride loops over the output's n elements, grid_1d(n) blocks of BLOCK threads,
-// except depthwise_backward_weight (one block per weight). Gathers only: no atomics, every result
-// is deterministic.
+// except depthwise_backward_weight_reference (one block per weight) and the tiled depthwise
+// kernels (one tile per block, last section). Gathers only: no atomics, every result is
+// deterministic.
 
 #include "block_reduce.cuh"
 
@@ -66,11 +67,12 @@ extern "C" __global__ void col2im(const real* __restrict__ cols, real* __restric
 // weights w (C*m, 1, kh, kw). One thread: y[n, co, ho, wo] = sum over taps of x * w.
 // Launch: 1-D, grid_1d(n), n = N*C*m*Ho*Wo. Bytes per output element: reads at most kh*kw x values
 // and kh*kw weights (cached), writes 1.
-extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
-                                             const real* __restrict__ wt, real* __restrict__ y,
-                                             int m, int N, int C, int H, int W, int kh, int kw,
-                                             int sh, int sw, int ph, int pw, int dh, int dw,
-                                             int Ho, int Wo) {
+extern "C" __global__ void depthwise_forward_reference(const real* __restrict__ x,
+                                                       const real* __restrict__ wt,
+                                                       real* __restrict__ y, int m, int N, int C,
+                                                       int H, int W, int kh, int kw, int sh, int sw,
+                                                       int ph, int pw, int dh, int dw, int Ho,
+                                                       int Wo) {
   const int HoWo = Ho * Wo, Cm = C * m, total = N * Cm * HoWo, step = gridDim.x * blockDim.x;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
     const int wo = idx % Wo, ho = idx / Wo % Ho, nco = idx / HoWo;
@@ -96,12 +98,12 @@ extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
 // no atomics).
 // Launch: 1-D, grid_1d(n), n = N*C*H*W. Bytes per output element: reads at most m*kh*kw gy values
 // and as many weights, writes 1.
-extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
-                                                    const real* __restrict__ wt,
-                                                    real* __restrict__ gx, int m, int N, int C,
-                                                    int H, int W, int kh, int kw, int sh, int sw,
-                                                    int ph, int pw, int dh, int dw, int Ho,
-                                                    int Wo) {
+extern "C" __global__ void depthwise_backward_input_reference(const real* __restrict__ gy,
+                                                              const real* __restrict__ wt,
+                                                              real* __restrict__ gx, int m, int N,
+                                                              int C, int H, int W, int kh, int kw,
+                                                              int sh, int sw, int ph, int pw,
+                                                              int dh, int dw, int Ho, int Wo) {
   const int HoWo = Ho * Wo, total = N * C * H * W, step = gridDim.x * blockDim.x;
   for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
     const int w = idx % W, h = idx / W % H, nc = idx / (W * H), c = nc % C;
@@ -129,12 +131,12 @@ extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
 // order: no atomics, the result is deterministic.
 // Launch: grid min(C*m*kh*kw, MAX_GRID), block BLOCK.
 // Bytes per output element: reads N*Ho*Wo gy and as many x values, writes 1 real.
-extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
-                                                     const real* __restrict__ gy,
-                                                     real* __restrict__ gw, int m, int N, int C,
-                                                     int H, int W, int kh, int kw, int sh, int sw,
-                                                     int ph, int pw, int dh, int dw, int Ho,
-                                                     int Wo) {
+extern "C" __global__ void depthwise_backward_weight_reference(const real* __restrict__ x,
+                                                               const real* __restrict__ gy,
+                                                               real* __restrict__ gw, int m, int N,
+                                                               int C, int H, int W, int kh, int kw,
+                                                               int sh, int sw, int ph, int pw,
+                                                               int dh, int dw, int Ho, int Wo) {
   __shared__ real partial[BLOCK];
   const int Cm = C * m, pairs = Cm * kh * kw, HoWo = Ho * Wo, HW = H * W, CHW = C * HW;
   for (int b = blockIdx.x; b < pairs; b += gridDim.x) {
@@ -152,5 +154,174 @@ extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
     s = block_tree_sum(partial, s);
     if (threadIdx.x == 0) gw[b] = s;
     __syncthreads();  // partial is rewritten by the next pair
+  }
+}
+
+// -- tiled depthwise kernels (the model's; the *_reference kernels above are their readable
+// versions) --------------------------------------------------------------------------------
+// A reference thread reads its kh*kw input values from global memory, so each input value is
+// read by up to kh*kw threads. Here a block computes a tile of DW_TW x (DW_TY * rows) outputs of
+// one (image, channel) plane: it first copies the input window the tile reads (the tile plus its
+// halo, clipped to the image: padding is never stored) into shared memory, once, with
+// neighbouring threads reading neighbouring addresses; each thread then keeps `rows` outputs
+// (rows DW_TY apart) in registers. Tile and window origins are divided out once per tile, never
+// in the tap loops. The host picks rows in {1, 2, 4} so that the window fits DW_HALO reals
+// (functional/conv.py); a geometry whose window never fits runs the reference kernels.
+// Launch: grid min(tiles, MAX_GRID), block BLOCK (a grid-stride loop over the tiles).
+#define DW_TW 32               // tile columns: one warp spans a tile row, so accesses coalesce
+#define DW_TY (BLOCK / DW_TW)  // thread rows of a block
+#define DW_RMAX 4              // rows per thread at most
+#define DW_HALO (16 * BLOCK)   // reals of shared window: 16 KiB in float, 32 KiB in double
+
+// The span of input rows (or columns) that outputs [o0, o1) read under k taps d apart, clipped to
+// [0, size): [*lo, *lo + *len), *len <= 0 when all of it is padding.
+__device__ __forceinline__ void dw_window(int o0, int o1, int s, int p, int k, int d, int size,
+                                          int* lo, int* len) {
+  *lo = max(o0 * s - p, 0);
+  *len = min((o1 - 1) * s - p + (k - 1) * d + 1, size) - *lo;
+}
+
+// Copies rows [r0, r0 + hr) x columns [c0, c0 + hc) of the plane src (rows of W) into win (rows
+// of hc): thread (ty, tx) takes rows ty, ty + DW_TY, ... and columns tx, tx + DW_TW, ...
+__device__ __forceinline__ void dw_load(real* win, const real* src, int W, int r0, int hr, int c0,
+                                        int hc) {
+  const int tx = threadIdx.x % DW_TW, ty = threadIdx.x / DW_TW;
+  for (int r = ty; r < hr; r += DW_TY)
+    for (int c = tx; c < hc; c += DW_TW) win[r * hc + c] = src[(r0 + r) * W + c0 + c];
+}
+
+// y as depthwise_forward_reference computes it (the same sums in the same order, so the same
+// bits), one output tile per block.
+// Bytes per output element: reads about (window / tile) x values and kh*kw / rows weights
+// (cached), writes 1.
+extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
+                                             const real* __restrict__ wt, real* __restrict__ y,
+                                             int m, int N, int C, int H, int W, int kh, int kw,
+                                             int sh, int sw, int ph, int pw, int dh, int dw,
+                                             int Ho, int Wo, int rows) {
+  __shared__ real win[DW_HALO];
+  const int tx = threadIdx.x % DW_TW, ty = threadIdx.x / DW_TW, TH = DW_TY * rows, Cm = C * m;
+  const int tw = (Wo + DW_TW - 1) / DW_TW, th = (Ho + TH - 1) / TH, tiles = N * Cm * th * tw;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int plane = t / (th * tw), ho0 = t / tw % th * TH, wo0 = t % tw * DW_TW;  // n*Cm + co
+    const int co = plane % Cm, n = plane / Cm, wo = wo0 + tx;
+    int r0, hr, c0, hc;
+    dw_window(ho0, min(ho0 + TH, Ho), sh, ph, kh, dh, H, &r0, &hr);
+    dw_window(wo0, min(wo0 + DW_TW, Wo), sw, pw, kw, dw, W, &c0, &hc);
+    dw_load(win, x + (n * C + co / m) * H * W, W, r0, hr, c0, hc);
+    __syncthreads();
+    real acc[DW_RMAX];
+    for (int k = 0; k < DW_RMAX; ++k) acc[k] = 0;
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) {
+        const int c = wo * sw - pw + j * dw - c0;  // the tap's window column; outside: padding
+        if (wo >= Wo || c < 0 || c >= hc) continue;
+        const real wv = wt[(co * kh + i) * kw + j];
+        for (int k = 0; k < DW_RMAX; ++k) {
+          const int ho = ho0 + ty + k * DW_TY, r = ho * sh - ph + i * dh - r0;
+          if (k < rows && ho < Ho && r >= 0 && r < hr) acc[k] += win[r * hc + c] * wv;
+        }
+      }
+    for (int k = 0; k < rows; ++k) {
+      const int ho = ho0 + ty + k * DW_TY;
+      if (ho < Ho && wo < Wo) y[(plane * Ho + ho) * Wo + wo] = acc[k];
+    }
+    __syncthreads();  // the next tile overwrites the window
+  }
+}
+
+// gx as depthwise_backward_input_reference computes it (the same sums in the same order), one
+// tile of gx per block: for each of the m output channels of input channel c, the window of gy
+// that the tile gathers from. Strides are powers of two (sft = log2 s), so the inverse of
+// h = ho*s - p + i*d is a mask and a shift, not a division.
+// Bytes per output element: reads about m x (window / tile) gy values, writes 1.
+extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
+                                                    const real* __restrict__ wt,
+                                                    real* __restrict__ gx, int m, int N, int C,
+                                                    int H, int W, int kh, int kw, int sh, int sw,
+                                                    int ph, int pw, int dh, int dw, int Ho,
+                                                    int Wo, int rows) {
+  __shared__ real win[DW_HALO];
+  const int tx = threadIdx.x % DW_TW, ty = threadIdx.x / DW_TW, TH = DW_TY * rows;
+  const int tw = (W + DW_TW - 1) / DW_TW, th = (H + TH - 1) / TH, tiles = N * C * th * tw;
+  int sfh = 0, sfw = 0;
+  while ((1 << sfh) < sh) ++sfh;
+  while ((1 << sfw) < sw) ++sfw;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int nc = t / (th * tw), h0 = t / tw % th * TH, w0 = t % tw * DW_TW;  // n*C + c
+    const int c = nc % C, w = w0 + tx;
+    // gy rows [g0, g0 + gr) feed gx rows [h0, h0 + TH) (columns alike)
+    const int lh = h0 + ph - (kh - 1) * dh, lw = w0 + pw - (kw - 1) * dw;
+    const int g0 = lh <= 0 ? 0 : (lh + sh - 1) / sh, e0 = lw <= 0 ? 0 : (lw + sw - 1) / sw;
+    const int gr = min((min(h0 + TH, H) - 1 + ph) / sh + 1, Ho) - g0;
+    const int gc = min((min(w0 + DW_TW, W) - 1 + pw) / sw + 1, Wo) - e0;
+    real acc[DW_RMAX];
+    for (int k = 0; k < DW_RMAX; ++k) acc[k] = 0;
+    for (int k = 0; k < m; ++k) {
+      dw_load(win, gy + (nc * m + k) * Ho * Wo, Wo, g0, gr, e0, gc);
+      __syncthreads();
+      const real* wc = wt + (c * m + k) * kh * kw;
+      for (int i = 0; i < kh; ++i)
+        for (int j = 0; j < kw; ++j) {
+          const int q = w + pw - j * dw, e = (q >> sfw) - e0;  // the tap's window column
+          if (w >= W || q < 0 || (q & (sw - 1)) || e >= gc) continue;
+          const real wv = wc[i * kw + j];
+          for (int r = 0; r < DW_RMAX; ++r) {
+            const int p = h0 + ty + r * DW_TY + ph - i * dh, g = (p >> sfh) - g0;
+            if (r < rows && p >= 0 && !(p & (sh - 1)) && g < gr) acc[r] += win[g * gc + e] * wv;
+          }
+        }
+      __syncthreads();  // the next channel or tile overwrites the window
+    }
+    for (int r = 0; r < rows; ++r) {
+      const int h = h0 + ty + r * DW_TY;
+      if (h < H && w < W) gx[(nc * H + h) * W + w] = acc[r];
+    }
+  }
+}
+
+// The first half of gw: for each output tile (as depthwise_forward's) and each tap, the tile's
+// sum of gy * x: thread sums over its rows, then block_tree_sum, into
+// part[(co * kh * kw + tap) * P + p], p = n * tiles per plane + tile. reduce.cu's channel_sum
+// then adds each row of part in a fixed order (gw = part summed over p): a split reduction
+// over N*Ho*Wo with C*m*P blocks, deterministic, no atomics.
+// Bytes per output element (per partial): reads about (window + tile) / tile reals per output
+// of the tile, writes kh*kw reals per tile.
+extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
+                                                     const real* __restrict__ gy,
+                                                     real* __restrict__ part, int m, int N,
+                                                     int C, int H, int W, int kh, int kw, int sh,
+                                                     int sw, int ph, int pw, int dh, int dw,
+                                                     int Ho, int Wo, int rows) {
+  __shared__ real win[DW_HALO];
+  __shared__ real partial[BLOCK];
+  const int tx = threadIdx.x % DW_TW, ty = threadIdx.x / DW_TW, TH = DW_TY * rows, Cm = C * m;
+  const int tw = (Wo + DW_TW - 1) / DW_TW, th = (Ho + TH - 1) / TH, P = N * th * tw;
+  for (int t = blockIdx.x; t < Cm * P; t += gridDim.x) {
+    const int co = t / P, p = t % P, n = p / (th * tw), ho0 = p / tw % th * TH;
+    const int wo0 = p % tw * DW_TW, wo = wo0 + tx;
+    int r0, hr, c0, hc;
+    dw_window(ho0, min(ho0 + TH, Ho), sh, ph, kh, dh, H, &r0, &hr);
+    dw_window(wo0, min(wo0 + DW_TW, Wo), sw, pw, kw, dw, W, &c0, &hc);
+    dw_load(win, x + (n * C + co / m) * H * W, W, r0, hr, c0, hc);
+    real g[DW_RMAX];  // this thread's gy, read once for all the taps
+    for (int k = 0; k < DW_RMAX; ++k) {
+      const int ho = ho0 + ty + k * DW_TY;
+      g[k] = k < rows && ho < Ho && wo < Wo ? gy[((n * Cm + co) * Ho + ho) * Wo + wo] : (real)0;
+    }
+    __syncthreads();
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) {
+        const int c = wo * sw - pw + j * dw - c0;
+        real s = 0;
+        for (int k = 0; k < DW_RMAX; ++k) {  // only real outputs: 0 * inf would be NaN
+          const int ho = ho0 + ty + k * DW_TY, r = ho * sh - ph + i * dh - r0;
+          if (k < rows && ho < Ho && wo < Wo && c >= 0 && c < hc && r >= 0 && r < hr)
+            s += g[k] * win[r * hc + c];
+        }
+        s = block_tree_sum(partial, s);
+        if (threadIdx.x == 0) part[((co * kh + i) * kw + j) * P + p] = s;
+        __syncthreads();  // partial is reduced into again (and the window overwritten)
+      }
   }
 }
