@@ -41,7 +41,10 @@ class XceptionBlock(nn.Module):
     def forward(self, x):
         """-> (unit output, second separable conv's output: the official decoder end point
         ``separable_conv2_pointwise``, after its BN and before any ReLU)."""
-        inner = self.sep2(self.sep1(x))
+        # sep1's output feeds only sep2's ReLU (pre-activation) or is ReLU'd (exit block 2): that
+        # ReLU fused into sep1's last BN. sep2's output is also the decoder's end point, before
+        # any ReLU, so sep3 keeps its own input ReLU.
+        inner = self.sep2(self.sep1(x, relu_out=True), relu_in=False)
         y = self.sep3(inner)
         if self.shortcut is not None:
             y = y + self.shortcut(x)

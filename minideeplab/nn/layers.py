@@ -49,9 +49,11 @@ class BatchNorm2d(Module):
         self.register_buffer("running_var", np.ones(channels, np.float32))
         self.momentum, self.eps = momentum, eps
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu``: then a ReLU, fused into one op (F.batch_norm ``relu``): for a caller whose
+        only use of the BN output is that ReLU."""
         return F.batch_norm(x, self.gamma, self.beta, self.running_mean, self.running_var,
-                            self.training, self.momentum, self.eps)
+                            self.training, self.momentum, self.eps, relu=relu)
 
 
 class ReLU(Module):
@@ -69,16 +71,18 @@ class Dropout(Module):
 
 class ConvBNReLU(Module):
     """Conv ("same" padding, no bias: BN's beta is the bias) + BN (+ ReLU): the unit of every
-    layer in the paper's networks."""
+    layer in the paper's networks. The BN and its ReLU are one fused op (F.batch_norm ``relu``),
+    which keeps only the BN's input."""
 
     def __init__(self, cin, cout, k, stride=1, dilation=1, groups=1, relu=True, rng=None):
         self.conv = Conv2d(cin, cout, k, stride, "same", dilation, groups, rng=rng)
         self.bn = BatchNorm2d(cout)
         self.relu = relu
 
-    def forward(self, x):
-        x = self.bn(self.conv(x))
-        return F.relu(x) if self.relu else x
+    def forward(self, x, relu=None):
+        """``relu``: True/False overrides ``self.relu`` for this call (a caller that ReLUs the
+        output itself and reads nothing else of it fuses that ReLU here)."""
+        return self.bn(self.conv(x), relu=self.relu if relu is None else relu)
 
 
 class SeparableConv2d(Module):
@@ -95,8 +99,14 @@ class SeparableConv2d(Module):
         self.pointwise = ConvBNReLU(cin, cout, 1, relu=not preactivation, rng=rng)
         self.preactivation = preactivation
 
-    def forward(self, x):
-        return self.pointwise(self.depthwise(F.relu(x) if self.preactivation else x))
+    def forward(self, x, relu_in=None, relu_out=None):
+        """``relu_in`` (default ``preactivation``): ReLU the input; ``relu_out`` (default not
+        ``preactivation``): ReLU the output, fused into the pointwise BN. A pre-activation unit
+        passes ``relu_out=True`` when the only reader of the output is the next conv's input
+        ReLU, which then takes ``relu_in=False``: the same network, one op fewer."""
+        relu_in = self.preactivation if relu_in is None else relu_in
+        relu_out = not self.preactivation if relu_out is None else relu_out
+        return self.pointwise(self.depthwise(F.relu(x) if relu_in else x), relu=relu_out)
 
 
 class _MaxPool2d(Function):
