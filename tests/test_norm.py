@@ -8,10 +8,12 @@ import pytest
 import minideeplab.functional as F
 from minideeplab import Tensor
 from minideeplab.device import get_device
+from minideeplab.kernels import launch
 from tests.conftest import assert_close
 
-# Not multiples of the block size, batch 1, 1x1 maps, more channels than a block has threads.
-SHAPES = [(3, 5, 7, 11), (1, 3, 17, 19), (4, 2, 1, 1), (2, 300, 1, 3)]
+# Not multiples of the block size, batch 1, 1x1 maps, more channels than a block has threads,
+# channels split over two blocks of the kernel path's sums (M = 4500).
+SHAPES = [(3, 5, 7, 11), (1, 3, 17, 19), (4, 2, 1, 1), (2, 300, 1, 3), (2, 3, 45, 50)]
 DTYPES = [np.float32, np.float64]
 
 
@@ -288,3 +290,36 @@ def test_nan_in_training_fills_its_channel(device, relu):
         assert np.isnan(a).all()
     for a in (y[:, 1], gx[:, 1], dgamma[1], dbeta, rm[1], rv[1]):
         assert np.isfinite(a).all()
+
+
+# -- the reference kernels (one block per channel) ----------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reference_kernels_match_the_numpy_path(dtype):
+    """channel_sum, bn_moments, bn_statistics, bn_forward; bn_moments, bn_backward_coefficients,
+    bn_backward_dx: the readable versions of the kernel path's split kernels, on emu."""
+    dev, shape = get_device("emu"), (2, 3, 45, 50)
+    x, gy = data(shape, dtype, shift=3.0), data(shape, dtype, seed=1)
+    N, C, L, M = shape[0], shape[1], shape[2] * shape[3], shape[0] * shape[2] * shape[3]
+    gamma, beta = data(C, dtype, seed=2), data(C, dtype, seed=3)
+    running = [data(C, dtype, seed=4), data(C, dtype, seed=5) ** 2]
+    y_cpu, gx_cpu, dgamma_cpu, dbeta_cpu, rm_cpu, rv_cpu = run("cpu", x, gamma, beta, gy,
+                                                               running, True)
+    x3, gy3 = x.reshape(N, C, L), gy.reshape(N, C, L)
+    sums, moments, stats = np.empty(C, dtype), np.empty((2, C), dtype), np.empty((3, C), dtype)
+    launch(dev, "reduce", "channel_sum", (x3, sums, N, C, L), grid=C)
+    launch(dev, "norm", "bn_moments", (x3, sums, M, x3, 1, moments, N, C, L), grid=C)
+    launch(dev, "norm", "bn_statistics", (sums, moments, gamma, *running, stats, C, M, 0.1, 1e-5,
+                                          1), n=C)
+    y = np.empty_like(x3)
+    launch(dev, "norm", "bn_forward", (x3, stats[0], stats[2], beta, y, C, L, y.size), n=y.size)
+    launch(dev, "norm", "bn_moments", (x3, stats[0], 1, gy3, 0, moments, N, C, L), grid=C)
+    coef, gx = np.empty((4, C), dtype), np.empty_like(x3)
+    launch(dev, "norm", "bn_backward_coefficients", (moments, gamma, stats[1], coef, C, M, 1),
+           n=C)
+    launch(dev, "norm", "bn_backward_dx", (x3, gy3, stats[0], *coef[1:], gx, C, L, gx.size, 1),
+           n=gx.size)
+    kind = "float32_long" if dtype == np.float32 else np.dtype(dtype)
+    for a, b in [(y.reshape(shape), y_cpu), (gx.reshape(shape), gx_cpu), (coef[0], dgamma_cpu),
+                 (moments[0], dbeta_cpu), (running[0], rm_cpu), (running[1], rv_cpu)]:
+        assert_close(a, b, kind=kind)

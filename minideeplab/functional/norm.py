@@ -5,19 +5,20 @@ Training normalises with the biased batch variance and updates the running stati
 evaluation uses the running statistics. The variance is a sum of squared deviations from the mean
 (two passes), never E[x^2] - E[x]^2, which cancels on inputs with a large mean.
 
-On ``cuda`` and ``emu`` (kernels/norm.cu) a forward is channel_sum, bn_moments, bn_statistics and
-bn_forward (eval: the last two), a backward bn_moments, bn_backward_coefficients and
-bn_backward_dx: the per-channel arithmetic runs in one launch, not as a dozen array operations
-that each cost a launch. ``batch_norm(..., relu=True)`` is batch norm and the ReLU after it as one
-op, ``BatchNormReLU``, on kernels of its own (three launches each way, the statistics in one
-pass split over several blocks per channel).
+On ``cuda`` and ``emu`` (kernels/norm.cu) a forward is bn_split_sums, bn_split_statistics and
+bn_forward (eval: bn_statistics and bn_forward), a backward bn_backward_sums,
+bn_split_coefficients and bn_backward_dx: the statistics in one pass over x (sums shifted by a
+value of the channel, which do not cancel), each channel split over several blocks so that a few
+hundred channels fill a GPU; the per-channel arithmetic in one launch, not as a dozen array
+operations that each cost a launch. ``batch_norm(..., relu=True)`` is batch norm and the ReLU
+after it as one op, ``BatchNormReLU``, whose elementwise kernels fuse the ReLU. norm.cu's
+one-block-per-channel kernels (channel_sum, bn_moments, ...) are the readable reference versions.
 """
 import numpy as np
 
 from ..function import Function
 from ..kernels import BLOCK, launch
 from ..tensor import Tensor
-from .reduce import channel_sum
 
 
 def _rowdot(xp, a, b):
@@ -78,31 +79,28 @@ class BatchNorm(Function):
         y += beta[:, None]
         return y.reshape(x.shape)
 
-    def forward_kernel(self, x, gamma, beta):
-        dev, x3, (C, L) = self.dev, self.x3, self.x3.shape[1:]
-        stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
-        sums = moments = gamma  # eval: bn_statistics reads neither
-        if self.training:
-            # Corrected two-pass statistics (Chan, Golub & LeVeque 1983): the deviations' sum
-            # about the first-pass mean removes the rounding error left in that mean.
-            sums = channel_sum(x3[..., None], dev)
-            moments = self._moments(x3, sums, self.M, x3, True)
-        launch(dev, "norm", "bn_statistics", (sums, moments, gamma, *self.running, stats, C,
-                                              self.M, self.momentum, self.eps, int(self.training)),
-               n=C)
-        self.mean, self.invstd, scale = stats
-        y = dev.xp.empty_like(x3)
-        launch(dev, "norm", "bn_forward", (x3, self.mean, scale, beta, y, C, L, y.size), n=y.size)
-        return y.reshape(x.shape)
+    # The elementwise kernels of each direction; BatchNormReLU's fuse the ReLU.
+    relu, forward_name, dx_name = 0, "bn_forward", "bn_backward_dx"
 
-    def _moments(self, x3, centre, count, g3, centre_g):
-        """Kernel path: (2, C) array of s1 = sum(w) and s2 = sum(w * (x - m)) per channel,
-        m = centre / count, w = g - m (``centre_g``) or g (kernels/norm.cu, bn_moments)."""
-        N, C, L = x3.shape
-        out = self.dev.xp.empty((2, C), dtype=x3.dtype)
-        launch(self.dev, "norm", "bn_moments", (x3, centre, count, g3, int(centre_g), out, N, C, L),
-               grid=C)
-        return out
+    def forward_kernel(self, x, gamma, beta):
+        dev, x3, (N, C, L) = self.dev, self.x3, self.x3.shape
+        stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
+        if self.training:  # one pass over x, each channel split over B blocks
+            B = splits(self.M)
+            partial = dev.xp.empty((2, C, B), dtype=x3.dtype)
+            launch(dev, "norm", "bn_split_sums", (x3, partial, N, C, L, B), grid=(B, C))
+            launch(dev, "norm", "bn_split_statistics",
+                   (partial, x3, gamma, *self.running, stats, C, L, B, self.M, self.momentum,
+                    self.eps), n=C)
+        else:  # the running statistics (bn_statistics reads neither sum nor moments)
+            launch(dev, "norm", "bn_statistics", (gamma, gamma, gamma, *self.running, stats, C,
+                                                  self.M, self.momentum, self.eps, 0), n=C)
+        self.mean, self.invstd, self.scale = stats
+        self.beta = beta
+        y = dev.xp.empty_like(x3)
+        launch(dev, "norm", self.forward_name, (x3, self.mean, self.scale, beta, y, C, L, y.size),
+               n=y.size)
+        return y.reshape(x.shape)
 
     def backward_cpu(self, gy):
         xp, M, invstd, gy3 = self.dev.xp, self.M, self.invstd, self._rows(gy)
@@ -123,26 +121,29 @@ class BatchNorm(Function):
         return dx.reshape(gy.shape), dgamma, dbeta
 
     def backward_kernel(self, gy):
-        dev, gy3, (C, L) = self.dev, self._rows(gy), self.x3.shape[1:]
-        moments = self._moments(self.x3, self.mean, 1, gy3, False)  # dbeta, sum(gy * (x - mean))
-        coef = dev.xp.empty((4, C), dtype=gy3.dtype)  # dgamma, a, k1, k2
-        launch(dev, "norm", "bn_backward_coefficients",
-               (moments, self.gamma, self.invstd, coef, C, self.M, int(self.training)), n=C)
-        dgamma, a, k1, k2 = coef
+        dev, gy3, (N, C, L) = self.dev, self._rows(gy), self.x3.shape
+        B = splits(self.M)
+        zargs = (self.mean, self.scale, self.beta)
+        partial = dev.xp.empty((2, C, B), dtype=gy3.dtype)  # dbeta, sum(gz * (x - mean))
+        launch(dev, "norm", "bn_backward_sums",
+               (self.x3, gy3, *zargs, partial, N, C, L, B, self.relu), grid=(B, C))
+        coef = dev.xp.empty((5, C), dtype=gy3.dtype)  # dgamma, a, k1, k2, dbeta
+        launch(dev, "norm", "bn_split_coefficients",
+               (partial, self.gamma, self.invstd, coef, C, B, self.M, int(self.training)), n=C)
+        dgamma, a, k1, k2, dbeta = coef
         dx = dev.xp.empty_like(gy3)
-        launch(dev, "norm", "bn_backward_dx",
-               (self.x3, gy3, self.mean, a, k1, k2, dx, C, L, dx.size, int(self.training)),
-               n=dx.size)
-        return dx.reshape(gy.shape), dgamma, moments[0]  # views of coef and moments: no copies
+        launch(dev, "norm", self.dx_name, (self.x3, gy3, *zargs[:3 if self.relu else 1], a, k1,
+                                           k2, dx, C, L, dx.size, int(self.training)), n=dx.size)
+        return dx.reshape(gy.shape), dgamma, dbeta  # views of coef: no copies
 
 
-# Blocks per channel of the fused op's split sums: about SPLIT_ELEMENTS elements a block (a few a
+# Blocks per channel of the kernel path's split sums: about SPLIT_ELEMENTS elements a block (a few a
 # thread), at most MAX_SPLITS; a function of the shape alone, so the sums' order is fixed.
 SPLIT_ELEMENTS, MAX_SPLITS = 8 * BLOCK, 64
 
 
 def splits(M):
-    """Blocks per channel (B) over the ``M`` values of a channel in the fused op's reductions."""
+    """Blocks per channel (B) over the ``M`` values of a channel in the kernel path's sums."""
     return max(1, min(M // SPLIT_ELEMENTS, MAX_SPLITS))
 
 
@@ -150,9 +151,10 @@ class BatchNormReLU(BatchNorm):
     """``relu(batch_norm(x, ...))`` as one op (``batch_norm(..., relu=True)``). It keeps x, not
     its output: the backward recomputes z = the BN output from x, and the ReLU's mask is z > 0.
     NumPy path: BatchNorm's operations in BatchNorm's order, then the ReLU in place, so its
-    numbers are batch_norm's followed by relu's. Kernel path (kernels/norm.cu): the statistics in
-    one pass over x, each channel split over several blocks (a deterministic split reduction),
-    three launches each way where the two ops take five and four."""
+    numbers are batch_norm's followed by relu's. Kernel path: BatchNorm's, with the ReLU fused into
+    its elementwise kernels (three launches each way where the two ops take four and four)."""
+
+    relu, forward_name, dx_name = 1, "bn_relu_forward", "bn_relu_backward_dx"
 
     def forward_cpu(self, x, gamma, beta):
         self.beta = beta
@@ -165,43 +167,6 @@ class BatchNormReLU(BatchNorm):
         z *= (self.gamma * self.invstd)[:, None]
         z += self.beta[:, None]
         return super().backward_cpu(gy * (z.reshape(gy.shape) > 0))
-
-    def forward_kernel(self, x, gamma, beta):
-        dev, x3, (N, C, L) = self.dev, self.x3, self.x3.shape
-        stats = dev.xp.empty((3, C), dtype=x3.dtype)  # mean, invstd, scale
-        if self.training:
-            B = splits(self.M)
-            partial = dev.xp.empty((2, C, B), dtype=x3.dtype)
-            launch(dev, "norm", "bn_split_sums", (x3, partial, N, C, L, B), grid=(B, C))
-            launch(dev, "norm", "bn_split_statistics",
-                   (partial, x3, gamma, *self.running, stats, C, L, B, self.M, self.momentum,
-                    self.eps), n=C)
-        else:  # the running statistics (bn_statistics reads neither sum nor moments)
-            launch(dev, "norm", "bn_statistics", (gamma, gamma, gamma, *self.running, stats, C,
-                                                  self.M, self.momentum, self.eps, 0), n=C)
-        self.mean, self.invstd, self.scale = stats
-        self.beta = beta
-        y = dev.xp.empty_like(x3)
-        launch(dev, "norm", "bn_relu_forward", (x3, self.mean, self.scale, beta, y, C, L, y.size),
-               n=y.size)
-        return y.reshape(x.shape)
-
-    def backward_kernel(self, gy):
-        dev, gy3, (N, C, L) = self.dev, self._rows(gy), self.x3.shape
-        B = splits(self.M)
-        zargs = (self.mean, self.scale, self.beta)
-        partial = dev.xp.empty((2, C, B), dtype=gy3.dtype)
-        launch(dev, "norm", "bn_relu_backward_sums", (self.x3, gy3, *zargs, partial, N, C, L, B),
-               grid=(B, C))
-        coef = dev.xp.empty((5, C), dtype=gy3.dtype)  # dgamma, a, k1, k2, dbeta
-        launch(dev, "norm", "bn_split_coefficients",
-               (partial, self.gamma, self.invstd, coef, C, B, self.M, int(self.training)), n=C)
-        dgamma, a, k1, k2, dbeta = coef
-        dx = dev.xp.empty_like(gy3)
-        launch(dev, "norm", "bn_relu_backward_dx",
-               (self.x3, gy3, *zargs, a, k1, k2, dx, C, L, dx.size, int(self.training)),
-               n=dx.size)
-        return dx.reshape(gy.shape), dgamma, dbeta  # views of coef: no copies
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,

@@ -1,11 +1,12 @@
 // Batch normalisation (Ioffe & Szegedy 2015; ARCHITECTURE.md s. 5 and 9) on contiguous (N, C, L)
-// arrays, L = H * W, M = N * L values per channel. The per-channel sums come from reduce.cu's
-// channel_sum; the variance and the backward's sums from bn_moments, the same
-// one-block-per-channel tree reduction, two sums. The per-channel arithmetic between them (mean,
-// variance, running statistics, 1 / std; the backward's coefficients) is one launch each,
-// bn_statistics and bn_backward_coefficients, rather than a dozen array operations of C values.
-// batch_norm(..., relu=True) (BatchNormReLU) runs the kernels of the last section instead: the
-// statistics in one pass with each channel split over several blocks, the ReLU fused in.
+// arrays, L = H * W, M = N * L values per channel. batch_norm (functional/norm.py) runs the
+// kernels of the last section: the statistics in one pass over x with each channel split over
+// several blocks (bn_split_sums, bn_split_statistics), the backward's sums alike
+// (bn_backward_sums, bn_split_coefficients), then one elementwise pass each way, the ReLU fused
+// in for batch_norm(..., relu=True) (BatchNormReLU). bn_statistics serves both in eval.
+// The first section's kernels are the readable reference versions of the split ones, one block
+// per channel: reduce.cu's channel_sum for the sums, bn_moments for the variance and the
+// backward's sums, bn_statistics and bn_backward_coefficients for the per-channel arithmetic.
 // Launch: one block of BLOCK threads per channel for bn_moments, (splits, channels) blocks for
 // the split sums, 1-D grid-stride loops (grid_1d(n) blocks of BLOCK threads) for the others.
 
@@ -122,11 +123,11 @@ extern "C" __global__ void bn_backward_dx(const real* x, const real* gy, const r
   }
 }
 
-// -- batch norm fused with the ReLU that follows it (BatchNormReLU, functional/norm.py) ---------
+// -- the split statistics (batch_norm's kernels) and the fused ReLU --------------------------
 // y = max(z, 0), z = (x - mean) * scale + beta, NaN as on the NumPy path (relu.cuh). The forward
-// is bn_split_sums, bn_split_statistics and bn_relu_forward; the backward bn_relu_backward_sums,
-// bn_split_coefficients and bn_relu_backward_dx, which recompute z from x (the ReLU's mask is
-// z > 0): the op keeps x only.
+// is bn_split_sums, bn_split_statistics and bn_forward or bn_relu_forward; the backward
+// bn_backward_sums, bn_split_coefficients and bn_backward_dx or bn_relu_backward_dx, which
+// recompute z from x (the ReLU's mask is z > 0): the op keeps x only.
 // The sums split each channel's M = N * L elements over B blocks (grid (B, C), B from the shapes
 // alone) so that a few hundred channels still fill a GPU; each block's partial sum is a
 // block_tree_sum, and one thread per channel adds the B partials in the order b = 0, 1, ...:
@@ -208,13 +209,13 @@ extern "C" __global__ void bn_relu_forward(const real* x, const real* mean, cons
   }
 }
 
-// One block (b, c), elements as bn_split_sums': with gz = gy where z > 0, else 0 (relu_grad: the
-// ReLU's backward, z recomputed from x), s1 = sum(gz) and s2 = sum(gz * (x - mean)).
-// out = (s1, s2): (2, C, B).
+// One block (b, c), elements as bn_split_sums': s1 = sum(gz) and s2 = sum(gz * (x - mean)),
+// gz = gy, or (relu != 0) gy where z > 0, else 0 (relu_grad: the ReLU's backward, z recomputed
+// from x). out = (s1, s2): (2, C, B).
 // Launch: grid (B, C), block BLOCK. Bytes per output element: reads 2 M / B reals, writes 1.
-extern "C" __global__ void bn_relu_backward_sums(const real* x, const real* gy, const real* mean,
-                                                 const real* scale, const real* beta, real* out,
-                                                 int N, int C, int L, int B) {
+extern "C" __global__ void bn_backward_sums(const real* x, const real* gy, const real* mean,
+                                            const real* scale, const real* beta, real* out, int N,
+                                            int C, int L, int B, int relu) {
   __shared__ real p1[BLOCK];
   __shared__ real p2[BLOCK];
   const int b = blockIdx.x, c = blockIdx.y, M = N * L;
@@ -222,7 +223,7 @@ extern "C" __global__ void bn_relu_backward_sums(const real* x, const real* gy, 
   real s1 = 0, s2 = 0;
   for (int j = b * blockDim.x + threadIdx.x; j < M; j += B * blockDim.x) {
     const int n = j / L, i = (n * C + c) * L + (j - n * L);
-    const real gz = relu_grad(bn_z(x[i], m, sc, be), gy[i]);
+    const real gz = relu ? relu_grad(bn_z(x[i], m, sc, be), gy[i]) : gy[i];
     s1 += gz;
     s2 += gz * (x[i] - m);
   }
@@ -235,7 +236,7 @@ extern "C" __global__ void bn_relu_backward_sums(const real* x, const real* gy, 
 }
 
 // One thread: channels c, c + stride, ... (grid-stride): dbeta and dgd = sum(gz * (x - mean)),
-// the sums of bn_relu_backward_sums' B partials in order; then bn_backward_coefficients'
+// the sums of bn_backward_sums' B partials in order; then bn_backward_coefficients'
 // numbers: coef = (dgamma, a, k1, k2, dbeta): (5, C), dgamma = dgd * invstd, a = gamma * invstd,
 // k1 = dbeta / M, k2 = invstd * dgamma / M in training, k1 = k2 = 0 in eval.
 // Launch: 1-D, grid_1d(C) blocks of BLOCK threads. Bytes per channel: reads 2 B + 2 reals,
