@@ -9,7 +9,8 @@ def scaled(channels, width):
 
 
 class Backbone(nn.Module):
-    """``stem``, ``units()``; ``low_level_unit``: the unit whose end point is the decoder's
+    """``stem``, ``units()`` (each ``unit(x, end_point)`` -> (output, its end point or None
+    without ``end_point``); ``low_level_unit``: the unit whose end point is the decoder's
     stride-4 input; ``low_level_channels``, ``out_channels``, ``stem_stride``. ``forward``
     returns (low-level features, final features)."""
 
@@ -19,7 +20,8 @@ class Backbone(nn.Module):
     def forward(self, x):
         x = self.stem(x)
         for i, unit in enumerate(self.units()):
-            x, end_point = unit(x)
-            if i == self.low_level_unit:
+            # Only the low-level unit's end point is wanted: the others may fuse past it.
+            x, end_point = unit(x, end_point=i == self.low_level_unit)
+            if end_point is not None:
                 low_level = end_point
         return low_level, x

@@ -25,16 +25,16 @@ class Bottleneck(nn.Module):
         if self.shortcut is not None:
             self.shortcut.conv.stride = stride
 
-    def forward(self, x):
+    def forward(self, x, end_point=True):
         """-> (unit output, the residual branch after conv3's BN, before the sum and the ReLU:
-        the official decoder end point ``bottleneck_v1/conv3``)."""
+        the official decoder end point ``bottleneck_v1/conv3``; None without ``end_point``)."""
         if self.shortcut is not None:
             shortcut = self.shortcut(x)
         else:
             s = self.conv2.conv.stride
             shortcut = x[:, :, ::s, ::s] if s > 1 else x
         residual = self.conv3(self.conv2(self.conv1(x)))
-        return F.relu(residual + shortcut), residual
+        return F.relu(residual + shortcut), residual if end_point else None
 
 
 class ResNet(Backbone):

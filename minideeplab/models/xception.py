@@ -38,19 +38,22 @@ class XceptionBlock(nn.Module):
         if self.shortcut is not None:
             self.shortcut.conv.stride = stride
 
-    def forward(self, x):
+    def forward(self, x, end_point=True):
         """-> (unit output, second separable conv's output: the official decoder end point
-        ``separable_conv2_pointwise``, after its BN and before any ReLU)."""
-        # sep1's output feeds only sep2's ReLU (pre-activation) or is ReLU'd (exit block 2): that
-        # ReLU fused into sep1's last BN. sep2's output is also the decoder's end point, before
-        # any ReLU, so sep3 keeps its own input ReLU.
-        inner = self.sep2(self.sep1(x, relu_out=True), relu_in=False)
-        y = self.sep3(inner)
+        ``separable_conv2_pointwise``, after its BN and before any ReLU; None without
+        ``end_point``)."""
+        # A BN output that only a ReLU reads runs fused with it (F.batch_norm relu=True): sep1's
+        # last BN with sep2's input ReLU (pre-activation) or its own (exit block 2), and sep2's
+        # with sep3's input ReLU when no one takes sep2's output as the end point.
+        fuse = not end_point
+        inner = self.sep2(self.sep1(x, relu_out=True), relu_in=False,
+                          relu_out=True if fuse else None)
+        y = self.sep3(inner, relu_in=False if fuse else None)
         if self.shortcut is not None:
             y = y + self.shortcut(x)
         elif self.identity:
             y = y + x
-        return y, inner
+        return y, None if fuse else inner
 
 
 class Xception(Backbone):
