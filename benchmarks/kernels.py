@@ -29,9 +29,13 @@ F.unfold/F.fold.
 """
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import os
+import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +43,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minideeplab as mdl  # noqa: E402
 import minideeplab.functional as F  # noqa: E402
+import minideeplab.functional.conv as conv  # noqa: E402
+from minideeplab.functional.norm import splits  # noqa: E402
+from minideeplab.kernels import MAX_GRID, launch  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     LaunchLog, blas_threads, conv_flops, copy_bandwidth, default_json_path, device_info,
     gemm_gflops, gpu_available, nbytes, report, synchronize, timer, write_json)
@@ -48,8 +55,9 @@ from benchmarks.common import (  # noqa: E402
 class Case:
     """One op at one shape. ``make(device)`` -> (fn, tensors): ``fn(*tensors)`` is the op, and
     the tensors that require grad get gradients. ``moves``: (phase, kernel or "op") ->
-    (bytes that must move, FLOPs), counted by hand. ``torch(T)``: row -> PyTorch callable, T the
-    same inputs as torch tensors (named like ``arrays``)."""
+    (bytes that must move, FLOPs), counted by hand, for the op's kernels and its reference
+    kernels. ``torch(T)``: row -> PyTorch callable, T the same inputs as torch tensors (named like
+    ``arrays``)."""
     name: str
     arrays: dict
     make: object
@@ -57,6 +65,9 @@ class Case:
     torch: object
     grad_out: bool = True  # False: a scalar output, backward seeds 1
     rows: dict = field(default_factory=dict)
+    # dev -> {phase: callable}: the op's readable reference kernels (kernels/*.cu, issue 17),
+    # each of whose launches gets a row beside the fast kernels' (cuda, emu)
+    reference: object = None
 
 
 def _rng_arrays(seed, **shapes):
@@ -70,6 +81,10 @@ def depthwise_case(n, c, hw, rate):
     x, w = a["x"].shape, a["w"].shape
     fl = conv_flops(n, c, c, hw, hw, 3, 3, groups=c)
     kw = dict(padding=rate, dilation=rate, groups=c)
+    g = conv._geometry(x, w, None, 1, rate, rate, c)
+    rows = conv._depthwise_rows(g, (hw, hw), (hw, hw), False)
+    # the tiled weight gradient's partial sums: one per (weight, tile of an image)
+    part = (c * 9, n * -(-hw // (conv.DW_TY * rows)) * -(-hw // conv.DW_TW)) if rows else w
 
     def torch_rows(T):
         import torch
@@ -81,15 +96,33 @@ def depthwise_case(n, c, hw, rate):
                 ("bwd", "depthwise_backward_input"): lambda: bwd([True, False, False]),
                 ("bwd", "depthwise_backward_weight"): lambda: bwd([False, True, False]),
                 ("bwd", "op"): lambda: bwd([True, True, False])}
+
+    def reference(dev):
+        d = mdl.get_device(dev)
+        X, Wt, GY = (d.asarray(a[k]) for k in ("x", "w", "gy"))
+        y, gx, gw, args = d.xp.empty_like(GY), d.xp.empty_like(X), d.xp.empty_like(Wt), (
+            (1,) + conv._geom_args(g))
+        return {"fwd": lambda: launch(d, "conv", "depthwise_forward_reference",
+                                      (X, Wt, y) + args, n=y.size),
+                "bwd": lambda: (launch(d, "conv", "depthwise_backward_input_reference",
+                                       (GY, Wt, gx) + args, n=gx.size),
+                                launch(d, "conv", "depthwise_backward_weight_reference",
+                                       (X, GY, gw) + args, grid=min(gw.size, MAX_GRID)))}
+    fwd_moves, bwi_moves, bww_moves = (nbytes(x, w, x), fl), (nbytes(x, w, x), fl), (
+        nbytes(x, x, w), fl)  # x, w in, y out; gy, w in, gx out; x, gy in, gw out
     return Case(
         f"depthwise 3x3 {c}ch {hw}x{hw} rate {rate}", a,
         lambda dev: (lambda X, W: F.conv2d(X, W, **kw),
                      [mdl.Tensor(a[k], requires_grad=True, device=dev) for k in ("x", "w")]),
-        {("fwd", "op"): (nbytes(x, w, x), fl), ("fwd", "depthwise_forward"): (nbytes(x, w, x), fl),
+        {("fwd", "op"): (nbytes(x, w, x), fl), ("fwd", "depthwise_forward"): fwd_moves,
          ("bwd", "op"): (nbytes(x, x, w, x, w), 2 * fl),  # gy, x, w in; gx, gw out
-         ("bwd", "depthwise_backward_input"): (nbytes(x, w, x), fl),  # gy, w in; gx out
-         ("bwd", "depthwise_backward_weight"): (nbytes(x, x, w), fl)},  # x, gy in; gw out
-        torch_rows)
+         ("bwd", "depthwise_backward_input"): bwi_moves,
+         ("bwd", "depthwise_backward_weight"): (nbytes(x, x, part), fl),  # partial sums out
+         ("bwd", "channel_sum"): (nbytes(part, w), int(np.prod(part))),  # their fixed-order sum
+         ("fwd", "depthwise_forward_reference"): fwd_moves,
+         ("bwd", "depthwise_backward_input_reference"): bwi_moves,
+         ("bwd", "depthwise_backward_weight_reference"): bww_moves},
+        torch_rows, reference=reference)
 
 
 def im2col_case(n, cin, cout, hw, stride):
@@ -122,6 +155,7 @@ def im2col_case(n, cin, cout, hw, stride):
 def bn_case(n, c, hw):
     a = _rng_arrays(0, x=(n, c, hw, hw), gy=(n, c, hw, hw), gamma=(c,), beta=(c,))
     x, e, ch = a["x"].shape, a["x"].size, (c,)
+    split = (2, c, splits(n * hw * hw))  # the split sums' partials (s1, s2) per block
 
     def make(dev):
         d = mdl.get_device(dev)
@@ -135,20 +169,49 @@ def bn_case(n, c, hw):
         fwd = lambda: torch.nn.functional.batch_norm(  # noqa: E731
             T["x"], rm, rv, T["gamma"], T["beta"], True)
         return {("fwd", "op"): fwd, ("bwd", "op"): _torch_backward(fwd, T, ("x", "gamma", "beta"))}
+
+    def reference(dev):
+        """The one-block-per-channel statistics: channel_sum, bn_moments and bn_statistics;
+        backward bn_moments and bn_backward_coefficients (the elementwise kernels are shared)."""
+        d = mdl.get_device(dev)
+        X, GY, G = (d.asarray(a[k].reshape(n, c, -1)) for k in ("x", "gy", "gamma"))
+        rm, rv, sums = d.xp.zeros(c, np.float32), d.xp.ones(c, np.float32), d.xp.empty_like(G)
+        mom, stats, coef, L = d.xp.empty((2, c), np.float32), d.xp.empty((3, c), np.float32), (
+            d.xp.empty((4, c), np.float32)), hw * hw
+
+        def fwd():
+            launch(d, "reduce", "channel_sum", (X, sums, n, c, L), grid=c)
+            launch(d, "norm", "bn_moments", (X, sums, n * L, X, 1, mom, n, c, L), grid=c)
+            launch(d, "norm", "bn_statistics", (sums, mom, G, rm, rv, stats, c, n * L, 0.1, 1e-5,
+                                                1), n=c)
+
+        def bwd():
+            launch(d, "norm", "bn_moments", (X, stats[0], 1, GY, 0, mom, n, c, L), grid=c)
+            launch(d, "norm", "bn_backward_coefficients", (mom, G, stats[1], coef, c, n * L, 1),
+                   n=c)
+        return {"fwd": fwd, "bwd": bwd}
     return Case(
         f"batch_norm {c}ch {hw}x{hw}", a, make,
         # Per element: forward mean, deviation, its square, scale, shift; backward two products
-        # into the sums and four to form dx. The per-channel kernels move vectors of c values:
-        # bn_statistics reads sums, 2 moments, gamma, 2 running and writes 2 running, 3 stats
-        # (~16 operations per channel); bn_backward_coefficients reads 2 moments, gamma, invstd
-        # and writes 4 coefficients (~6 operations).
-        {("fwd", "op"): (nbytes(x, x), 5 * e), ("fwd", "channel_sum"): (nbytes(x), e),
-         ("fwd", "bn_moments"): (nbytes(x), 3 * e), ("fwd", "bn_forward"): (nbytes(x, x), 2 * e),
+        # into the sums and four to form dx. The per-channel kernels move vectors of c values
+        # and the B partials of each: bn_split_statistics reads 2 B partials, x[c, 0], gamma,
+        # 2 running and writes 2 running, 3 stats (~16 operations per channel);
+        # bn_split_coefficients reads 2 B partials, gamma, invstd and writes 5 (~6 operations).
+        # The reference kernels: bn_statistics reads sums, 2 moments, gamma, 2 running and
+        # writes 2 running, 3 stats; bn_backward_coefficients reads 2 moments, gamma, invstd and
+        # writes 4 coefficients.
+        {("fwd", "op"): (nbytes(x, x), 5 * e), ("fwd", "bn_split_sums"): (nbytes(x, split), 3 * e),
+         ("fwd", "bn_split_statistics"): (nbytes(split, *[ch] * 9), 16 * c),
+         ("fwd", "bn_forward"): (nbytes(x, x), 2 * e),
+         ("bwd", "op"): (nbytes(x, x, x), 6 * e), ("bwd", "bn_backward_sums"): (nbytes(x, x, split),
+                                                                              3 * e),
+         ("bwd", "bn_split_coefficients"): (nbytes(split, *[ch] * 7), 6 * c),
+         ("bwd", "bn_backward_dx"): (nbytes(x, x, x), 4 * e),
+         ("fwd", "channel_sum"): (nbytes(x), e), ("fwd", "bn_moments"): (nbytes(x), 3 * e),
          ("fwd", "bn_statistics"): (nbytes(*[ch] * 11), 16 * c),
-         ("bwd", "op"): (nbytes(x, x, x), 6 * e), ("bwd", "bn_moments"): (nbytes(x, x), 3 * e),
-         ("bwd", "bn_backward_coefficients"): (nbytes(*[ch] * 8), 6 * c),
-         ("bwd", "bn_backward_dx"): (nbytes(x, x, x), 4 * e)},
-        torch_rows)
+         ("bwd", "bn_moments"): (nbytes(x, x), 3 * e),
+         ("bwd", "bn_backward_coefficients"): (nbytes(*[ch] * 8), 6 * c)},
+        torch_rows, reference=reference)
 
 
 def resize_case(n, c, hw, out):
@@ -290,15 +353,7 @@ def run_ours(case, device, repeat, peak_bw):
             with LaunchLog(dev) as log:
                 op()
             synchronize(device)
-            for call in log.calls:  # each launch alone, exact arguments
-                if (phase, call.kernel) not in case.moves:
-                    raise KeyError(f"{case.name}: count the bytes of {phase} kernel "
-                                   f"{call.kernel!r} in its case's moves")
-                key = (phase, call.kernel)
-                if key in case.rows:  # one kernel launched twice in a phase: a second row
-                    key = (phase, f"{call.kernel} #2")
-                case.rows[key] = report(f"  {call.kernel}", time_fn(lambda c=call: log.replay(c)),
-                                        *case.moves[phase, call.kernel], peak_gbps=peak_bw)
+            _kernel_rows(case, phase, log, time_fn, peak_bw)
             # The bytes model's verdict on the design: the op's kernels together move this much,
             # so even at copy speed each, the op reaches at most must / moved of the copy rate
             # (CuPy's glue and GEMMs are not logged: a bound, not an estimate).
@@ -308,6 +363,25 @@ def run_ours(case, device, repeat, peak_bw):
             if op["kernel_bytes"] > op["bytes"]:
                 print(f"  (its kernels move {op['kernel_bytes'] / op['bytes']:.2f}x the bytes the "
                       f"op must: at most {100 * op['bound_frac_peak_bw']:.0f}% of copy)")
+            if case.reference:  # the reference kernels, each alone (those not shared)
+                with LaunchLog(dev) as ref:
+                    case.reference(device)[phase]()
+                synchronize(device)
+                ref.calls = [c for c in ref.calls if (phase, c.kernel) not in case.rows]
+                _kernel_rows(case, phase, ref, time_fn, peak_bw, "reference ")
+
+
+def _kernel_rows(case, phase, log, time_fn, peak_bw, label=""):
+    """A row per launch of ``log``, each replayed alone with its exact arguments."""
+    for call in log.calls:
+        if (phase, call.kernel) not in case.moves:
+            raise KeyError(f"{case.name}: count the bytes of {phase} kernel {call.kernel!r} in "
+                           f"its case's moves")
+        key = (phase, call.kernel)
+        if key in case.rows:  # one kernel launched twice in a phase: a second row
+            key = (phase, f"{call.kernel} #2")
+        case.rows[key] = report(f"  {label}{call.kernel}", time_fn(lambda c=call: log.replay(c)),
+                                *case.moves[phase, call.kernel], peak_gbps=peak_bw)
 
 
 def run_torch(case, device, repeat, peak_bw):
@@ -326,6 +400,92 @@ def run_torch(case, device, repeat, peak_bw):
         r = report(f"torch {label}", ms, *case.moves[key], peak_gbps=peak_bw,
                    extra=f"ours {ours['ms'] / ms:.2f}x torch's time")
         ours.update(torch_ms=ms, ratio=ours["ms"] / ms, torch_frac_peak_bw=r["frac_peak_bw"])
+
+
+# -- loads per output, counted on the emulator (issue 17) -----------------------------------
+# Every read of a global array in conv.cu's depthwise kernels and in reduce.cu (the weight
+# gradient's finish) goes through one of these names; an instrumented copy counts them.
+GLOBAL_READS = r"\b(x|xc|wt|wc|gy|gyc|src)\["
+
+
+@contextlib.contextmanager
+def counted_loads():
+    """Inside, the depthwise op (and direct launches of the ``"conv"``/``"reduce"`` families)
+    run copies of conv.cu and reduce.cu whose global reads each add 1 to a counter;
+    yields ``loads()``, the count since the last call (emu only)."""
+    dev, src = mdl.get_device("emu"), os.path.dirname(conv.__file__) + "/../kernels/"
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(src + "block_reduce.cuh", tmp)
+        paths = {}
+        for family in ("conv", "reduce"):
+            text = open(src + family + ".cu").read()
+            paths[family] = os.path.join(tmp, family + ".cu")
+            with open(paths[family], "w") as f:
+                f.write('extern "C" { long long emu_loads = 0; }\n'
+                        "#define EMU_LOAD(p) (++emu_loads, p)\n"
+                        + re.sub(GLOBAL_READS, r"EMU_LOAD(\1)[", text))
+        counters = [ctypes.c_longlong.in_dll(dev.module(p, np.float32)._lib, "emu_loads")
+                    for p in paths.values()]
+
+        def loads():
+            total = sum(c.value for c in counters)
+            for c in counters:
+                c.value = 0
+            return total
+        plain = conv.launch
+        conv.launch = lambda d, family, *a, **k: plain(d, paths.get(family, family), *a, **k)
+        try:
+            yield loads
+        finally:
+            conv.launch = plain
+
+
+def depthwise_loads(n, c, hw, rate, stride=1):
+    """Global loads per output pixel (element of y) of the depthwise kernels, reference and tiled,
+    counted on emu for a 3x3 conv of rate ``rate`` over an (n, c, hw, hw) float32 input."""
+    rng = np.random.default_rng(0)
+    g = conv._geometry((n, c, hw, hw), (c, 1, 3, 3), None, stride, rate, rate, c)
+    x, w = rng.standard_normal((n, c, hw, hw), np.float32), rng.standard_normal((c, 1, 3, 3),
+                                                                               np.float32)
+    gy = rng.standard_normal((n, c, g.Ho, g.Wo), np.float32)
+    dev, args, out = mdl.get_device("emu"), (1,) + conv._geom_args(g), gy.size
+    counts = {}
+    with counted_loads() as loads:
+        op = conv.DepthwiseConv2d(g)
+        op.dev, op.needs_grad = dev, (True, False)
+        loads(), op.forward_kernel(x, w)
+        counts["depthwise_forward"] = loads()
+        op.backward_kernel(gy)
+        counts["depthwise_backward_input"] = loads()
+        op.needs_grad = (False, True)
+        op.backward_kernel(gy)
+        counts["depthwise_backward_weight + channel_sum"] = loads()
+        for kernel, arrays, grid in (
+                ("forward", (x, w, np.empty_like(gy)), dict(n=out)),
+                ("backward_input", (gy, w, np.empty_like(x)), dict(n=x.size)),
+                ("backward_weight", (x, gy, np.empty_like(w)), dict(grid=min(w.size, MAX_GRID)))):
+            conv.launch(dev, "conv", f"depthwise_{kernel}_reference", arrays + args, **grid)
+            counts[f"depthwise_{kernel}_reference"] = loads()
+    return {k: v / out for k, v in counts.items()}
+
+
+def loads_table(quick):
+    """depthwise_loads at the paper's maps and rates (a few channels: the count per output does
+    not depend on them), with the bytes per output they imply next to the bytes model's."""
+    shapes = [(5, r) for r in (1, 6)] if quick else [(33, r) for r in (1, 6, 12, 18)] + [
+        (129, r) for r in (1, 6, 12, 18)]
+    rows = []
+    for hw, rate in shapes:
+        counts = depthwise_loads(1, 2, hw, rate)
+        for kernel, per_out in counts.items():
+            # float32, one store per output (the weight gradient: its few partials, not counted);
+            # the bytes model: each input read once, each output written once (8 B)
+            requested = 4 * (per_out + (0 if "weight" in kernel else 1))
+            rows.append(dict(hw=hw, rate=rate, kernel=kernel, loads_per_output=per_out,
+                             bytes_per_output=requested, must_bytes_per_output=8.0))
+            print(f"{hw:4d}x{hw:<4d} rate {rate:2d}  {kernel:40s} {per_out:6.2f} loads/output "
+                  f"{requested:6.2f} B/output (must: 8)")
+    return rows
 
 
 def torch_usable(device):
@@ -348,10 +508,18 @@ def main(argv=None):
     p.add_argument("--cases", default="", help="only cases whose name contains this text")
     p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch (cpu)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--loads", action="store_true", help="only count the depthwise kernels' global "
+                   "loads per output on emu (reference and tiled; --json writes them)")
     p.add_argument("--json", metavar="PATH", nargs="?", const="",
                    help="write every figure to PATH (default benchmarks/results/<device>-<date>"
                         ".json)")
     args = p.parse_args(argv)
+    if args.loads:
+        rows = loads_table(args.quick)
+        if args.json is not None:
+            write_json(args.json or default_json_path(device_info("emu")), device_info("emu"),
+                       depthwise_loads=rows)
+        return rows
     repeat = args.repeat or (2 if args.quick else 5)
     if args.threads:
         blas_threads(args.threads)

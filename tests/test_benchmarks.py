@@ -18,10 +18,14 @@ def test_kernels_quick(device, tmp_path):
     assert {c.name for c in done} == {r["case"] for r in rows} and len(done) == 20
     assert all(r["ms"] > 0 and np.isfinite(r["gbps"]) for r in rows)
     launched = {r["kernel"].split(" #")[0] for r in rows} - {"op"}
-    if device == "emu":  # every op's kernels got a row of their own (sgd_update is no op)
+    if device == "emu":  # every op's kernels, and the reference kernels, got a row of their own
+        # (sgd_update is no op)
         assert {"depthwise_forward", "depthwise_backward_input", "depthwise_backward_weight",
-                "im2col", "col2im", "channel_sum", "bn_moments", "bn_statistics", "bn_forward",
-                "bn_backward_coefficients", "bn_backward_dx",
+                "depthwise_forward_reference", "depthwise_backward_input_reference",
+                "depthwise_backward_weight_reference", "im2col", "col2im", "channel_sum",
+                "bn_split_sums", "bn_split_statistics", "bn_forward", "bn_backward_sums",
+                "bn_split_coefficients", "bn_backward_dx", "bn_moments", "bn_statistics",
+                "bn_backward_coefficients",
                 "resize_bilinear_forward", "resize_bilinear_backward", "softmax_xent_forward",
                 "softmax_xent_backward", "relu_forward", "relu_backward"} == launched
     else:

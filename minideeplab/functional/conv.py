@@ -374,14 +374,15 @@ class DepthwiseConv2d(_Conv):
 
 
 # The tiles of the fast depthwise kernels (kernels/conv.cu, DW_*): DW_TW columns, DW_TY thread
-# rows of `rows` outputs each, a shared window of at most DW_HALO reals.
+# rows of `rows` outputs each, a shared window and the weights in at most DW_HALO reals.
 DW_TW, DW_TY, DW_HALO = 32, BLOCK // 32, 16 * BLOCK
 
 
 def _depthwise_rows(g, tile, window, backward_input):
     """Outputs per thread (1, 2 or 4) for a tile over ``tile`` = (rows, cols) whose window in
-    ``window`` = (rows, cols) fits DW_HALO; the fewest that still cover the map (a 9-row map needs
-    no 32-row tiles), or None: no window fits, or a stride that is not a power of two."""
+    ``window`` = (rows, cols) fits DW_HALO with the weights; the fewest that still cover the map
+    (a 9-row map needs no 32-row tiles), or None: no window fits, or a stride that is not a power
+    of two."""
     if any(s & (s - 1) for s in (g.sh, g.sw)):
         return None
     for rows in (4, 2, 1):
@@ -393,7 +394,7 @@ def _depthwise_rows(g, tile, window, backward_input):
         else:
             span = [min(o, (t - 1) * s + (k - 1) * d + 1) for o, t, k, d, s in
                     zip(window, (DW_TY * rows, DW_TW), (g.kh, g.kw), (g.dh, g.dw), (g.sh, g.sw))]
-        if span[0] * span[1] <= DW_HALO:
+        if span[0] * span[1] + g.kh * g.kw <= DW_HALO:  # the window, then the weights
             return rows
     return None
 

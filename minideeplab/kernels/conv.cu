@@ -163,11 +163,11 @@ extern "C" __global__ void depthwise_backward_weight_reference(const real* __res
 // read by up to kh*kw threads. Here a block computes a tile of DW_TW x (DW_TY * rows) outputs of
 // one (image, channel) plane: it first copies the input window the tile reads (the tile plus its
 // halo, clipped to the image: padding is never stored) into shared memory, once, with
-// neighbouring threads reading neighbouring addresses; each thread then keeps `rows` outputs
-// (rows DW_TY apart) in registers. Tile and window origins are divided out once per tile, never
-// in the tap loops. The host picks rows in {1, 2, 4} so that the window fits DW_HALO reals
-// (functional/conv.py); a geometry whose window never fits runs the reference kernels.
-// Launch: grid min(tiles, MAX_GRID), block BLOCK (a grid-stride loop over the tiles).
+// neighbouring threads reading neighbouring addresses, and the channel's kh*kw weights after
+// it; each thread then keeps `rows` outputs (rows DW_TY apart) in registers. Tile and window
+// origins are divided out once per tile, never in the tap loops. The host picks rows in
+// {1, 2, 4} so that window and weights fit DW_HALO reals (functional/conv.py); a geometry whose
+// window never fits runs the reference kernels. Each kernel is a grid-stride loop over the tiles.
 #define DW_TW 32               // tile columns: one warp spans a tile row, so accesses coalesce
 #define DW_TY (BLOCK / DW_TW)  // thread rows of a block
 #define DW_RMAX 4              // rows per thread at most
@@ -182,18 +182,20 @@ __device__ __forceinline__ void dw_window(int o0, int o1, int s, int p, int k, i
 }
 
 // Copies rows [r0, r0 + hr) x columns [c0, c0 + hc) of the plane src (rows of W) into win (rows
-// of hc): thread (ty, tx) takes rows ty, ty + DW_TY, ... and columns tx, tx + DW_TW, ...
+// of hc): thread (ty, tx) takes rows ty, ty + DW_TY, ... and columns tx, tx + DW_TW, ...; and
+// the taps filter values of wt into the last taps reals of win.
 __device__ __forceinline__ void dw_load(real* win, const real* src, int W, int r0, int hr, int c0,
-                                        int hc) {
+                                        int hc, const real* wt, int taps) {
   const int tx = threadIdx.x % DW_TW, ty = threadIdx.x / DW_TW;
   for (int r = ty; r < hr; r += DW_TY)
     for (int c = tx; c < hc; c += DW_TW) win[r * hc + c] = src[(r0 + r) * W + c0 + c];
+  for (int q = threadIdx.x; q < taps; q += blockDim.x) win[DW_HALO - taps + q] = wt[q];
 }
 
-// y as depthwise_forward_reference computes it (the same sums in the same order, so the same
-// bits), one output tile per block.
-// Bytes per output element: reads about (window / tile) x values and kh*kw / rows weights
-// (cached), writes 1.
+// One block: a tile of y as depthwise_forward_reference computes it (the same sums in the same
+// order, so the same bits).
+// Launch: grid min(tiles, MAX_GRID), block BLOCK. Bytes per output element: reads about
+// window / tile x values and kh*kw / rows weights (cached), writes 1.
 extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
                                              const real* __restrict__ wt, real* __restrict__ y,
                                              int m, int N, int C, int H, int W, int kh, int kw,
@@ -208,15 +210,16 @@ extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
     int r0, hr, c0, hc;
     dw_window(ho0, min(ho0 + TH, Ho), sh, ph, kh, dh, H, &r0, &hr);
     dw_window(wo0, min(wo0 + DW_TW, Wo), sw, pw, kw, dw, W, &c0, &hc);
-    dw_load(win, x + (n * C + co / m) * H * W, W, r0, hr, c0, hc);
+    dw_load(win, x + (n * C + co / m) * H * W, W, r0, hr, c0, hc, wt + co * kh * kw, kh * kw);
     __syncthreads();
+    const real* ws = win + DW_HALO - kh * kw;  // the weights
     real acc[DW_RMAX];
     for (int k = 0; k < DW_RMAX; ++k) acc[k] = 0;
     for (int i = 0; i < kh; ++i)
       for (int j = 0; j < kw; ++j) {
         const int c = wo * sw - pw + j * dw - c0;  // the tap's window column; outside: padding
         if (wo >= Wo || c < 0 || c >= hc) continue;
-        const real wv = wt[(co * kh + i) * kw + j];
+        const real wv = ws[i * kw + j];
         for (int k = 0; k < DW_RMAX; ++k) {
           const int ho = ho0 + ty + k * DW_TY, r = ho * sh - ph + i * dh - r0;
           if (k < rows && ho < Ho && r >= 0 && r < hr) acc[k] += win[r * hc + c] * wv;
@@ -230,11 +233,12 @@ extern "C" __global__ void depthwise_forward(const real* __restrict__ x,
   }
 }
 
-// gx as depthwise_backward_input_reference computes it (the same sums in the same order), one
-// tile of gx per block: for each of the m output channels of input channel c, the window of gy
-// that the tile gathers from. Strides are powers of two (sft = log2 s), so the inverse of
+// One block: a tile of gx as depthwise_backward_input_reference computes it (the same sums in
+// the same order), gathering, for each of the m output channels of input channel c, from the
+// window of gy that the tile reads. Strides are powers of two (sft = log2 s), so the inverse of
 // h = ho*s - p + i*d is a mask and a shift, not a division.
-// Bytes per output element: reads about m x (window / tile) gy values, writes 1.
+// Launch: grid min(tiles, MAX_GRID), block BLOCK. Bytes per output element: reads about
+// m * window / tile gy values, writes 1.
 extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
                                                     const real* __restrict__ wt,
                                                     real* __restrict__ gx, int m, int N, int C,
@@ -258,14 +262,15 @@ extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
     real acc[DW_RMAX];
     for (int k = 0; k < DW_RMAX; ++k) acc[k] = 0;
     for (int k = 0; k < m; ++k) {
-      dw_load(win, gy + (nc * m + k) * Ho * Wo, Wo, g0, gr, e0, gc);
+      dw_load(win, gy + (nc * m + k) * Ho * Wo, Wo, g0, gr, e0, gc, wt + (c * m + k) * kh * kw,
+              kh * kw);
       __syncthreads();
-      const real* wc = wt + (c * m + k) * kh * kw;
+      const real* ws = win + DW_HALO - kh * kw;  // the weights
       for (int i = 0; i < kh; ++i)
         for (int j = 0; j < kw; ++j) {
           const int q = w + pw - j * dw, e = (q >> sfw) - e0;  // the tap's window column
           if (w >= W || q < 0 || (q & (sw - 1)) || e >= gc) continue;
-          const real wv = wc[i * kw + j];
+          const real wv = ws[i * kw + j];
           for (int r = 0; r < DW_RMAX; ++r) {
             const int p = h0 + ty + r * DW_TY + ph - i * dh, g = (p >> sfh) - g0;
             if (r < rows && p >= 0 && !(p & (sh - 1)) && g < gr) acc[r] += win[g * gc + e] * wv;
@@ -280,13 +285,13 @@ extern "C" __global__ void depthwise_backward_input(const real* __restrict__ gy,
   }
 }
 
-// The first half of gw: for each output tile (as depthwise_forward's) and each tap, the tile's
-// sum of gy * x: thread sums over its rows, then block_tree_sum, into
+// The first half of gw. One block: for an output tile (as depthwise_forward's) and each tap, the
+// tile's sum of gy * x: thread sums over its rows, then block_tree_sum, into
 // part[(co * kh * kw + tap) * P + p], p = n * tiles per plane + tile. reduce.cu's channel_sum
 // then adds each row of part in a fixed order (gw = part summed over p): a split reduction
 // over N*Ho*Wo with C*m*P blocks, deterministic, no atomics.
-// Bytes per output element (per partial): reads about (window + tile) / tile reals per output
-// of the tile, writes kh*kw reals per tile.
+// Launch: grid min(C*m*P, MAX_GRID), block BLOCK. Bytes per output element (a tile's kh*kw
+// partials): reads the window and the tile's gy, writes kh*kw reals.
 extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
                                                      const real* __restrict__ gy,
                                                      real* __restrict__ part, int m, int N,
@@ -303,7 +308,7 @@ extern "C" __global__ void depthwise_backward_weight(const real* __restrict__ x,
     int r0, hr, c0, hc;
     dw_window(ho0, min(ho0 + TH, Ho), sh, ph, kh, dh, H, &r0, &hr);
     dw_window(wo0, min(wo0 + DW_TW, Wo), sw, pw, kw, dw, W, &c0, &hc);
-    dw_load(win, x + (n * C + co / m) * H * W, W, r0, hr, c0, hc);
+    dw_load(win, x + (n * C + co / m) * H * W, W, r0, hr, c0, hc, gy, 0);  // no weights
     real g[DW_RMAX];  // this thread's gy, read once for all the taps
     for (int k = 0; k < DW_RMAX; ++k) {
       const int ho = ho0 + ty + k * DW_TY;
