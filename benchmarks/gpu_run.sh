@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 14 in one run, for a session that has a GPU (benchmarks/README.md):
+# Every GPU figure of issues 14 and 17 in one run, for a session that has a GPU
+# (benchmarks/README.md):
 #   1. the cuda tests (pytest -m gpu), when pytest is importable;
-#   2. the default preset's training step, ours and PyTorch's side by side (FP32, TF32 off):
+#   2. every kernel family at the paper's shapes (benchmarks/kernels.py): reference kernels, fast
+#      kernels and PyTorch side by side, against the measured copy bandwidth (issue 17);
+#   3. the default preset's training step, ours and PyTorch's side by side (FP32, TF32 off):
 #      s/step, images/s, peak memory, our launches and, through PyTorch's profiler (CUPTI), every
 #      GPU kernel of our step and their busy time (busy fraction = busy ms / step ms);
-#   3. the full-size step (Xception-65, 513x513, batch 8): images/s and peak memory, both sides;
-#   4. the time of the default `python -m minideeplab.train` on the GPU (goal: under 90 s).
+#   4. the full-size step (Xception-65, 513x513, batch 8): images/s and peak memory, both sides;
+#   5. the time of the default `python -m minideeplab.train` on the GPU (goal: under 90 s).
 # Each writes JSON into benchmarks/results/<gpu>-<date>-*.json (with the machine, date, versions).
 #
 #   bash benchmarks/gpu_run.sh              # everything (about 10 minutes on an H200)
 #   STEPS=3 SKIP_TRAIN=1 bash benchmarks/gpu_run.sh   # shorter: fewer steps, no training run
+#   SKIP_KERNELS=1 bash benchmarks/gpu_run.sh          # without the kernel benchmarks
 #   DEVICE=emu bash benchmarks/gpu_run.sh   # the script itself on the emulator (no PyTorch, quick)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,17 +42,22 @@ if [ "$DEVICE" = cuda ] && [ -z "${SKIP_TESTS:-}" ] && $PY -c "import pytest" 2>
   $PY -m pytest -m gpu -q -x -p no:cacheprovider 2>&1 | tail -5
 fi
 
-# 2. default preset, ours vs PyTorch, with the CUPTI kernel count and busy time
+# 2. the kernels, ours (reference and fast) and PyTorch's
+if [ -z "${SKIP_KERNELS:-}" ]; then
+  $PY benchmarks/kernels.py --device "$DEVICE" "${QUICK[@]}" --json "$PREFIX-kernels.json"
+fi
+
+# 3. default preset, ours vs PyTorch, with the CUPTI kernel count and busy time
 $PY benchmarks/train_step.py --device "$DEVICE" --steps "$STEPS" "${QUICK[@]}" --profile 25 \
   --json "$PREFIX-train_step-default.json"
 
-# 3. the full-size step
+# 4. the full-size step
 if [ "$DEVICE" = cuda ]; then
   $PY benchmarks/train_step.py --device cuda --preset full --batch 8 \
     --steps "$(( STEPS < 5 ? STEPS : 5 ))" --json "$PREFIX-train_step-full-batch8.json"
 fi
 
-# 4. the default training run, timed
+# 5. the default training run, timed
 if [ -z "${SKIP_TRAIN:-}" ]; then
   TRAIN=()  # on the emulator: two small iterations, the harness only
   [ "$DEVICE" = cuda ] || TRAIN=(--iters 2 --val-every 2 --train-size 8 --val-size 2 --batch-size 2
