@@ -409,16 +409,18 @@ GLOBAL_READS = r"\b(x|xc|wt|wc|gy|gyc|src)\["
 
 
 @contextlib.contextmanager
-def counted_loads():
+def counted_loads(edit=None):
     """Inside, the depthwise op (and direct launches of the ``"conv"``/``"reduce"`` families)
     run copies of conv.cu and reduce.cu whose global reads each add 1 to a counter;
-    yields ``loads()``, the count since the last call (emu only)."""
+    yields ``loads()``, the count since the last call (emu only). ``edit``: text -> text, applied
+    to conv.cu first (lesson 10 changes its tile size)."""
     dev, src = mdl.get_device("emu"), os.path.dirname(conv.__file__) + "/../kernels/"
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(src + "block_reduce.cuh", tmp)
         paths = {}
         for family in ("conv", "reduce"):
             text = open(src + family + ".cu").read()
+            text = edit(text) if edit and family == "conv" else text
             paths[family] = os.path.join(tmp, family + ".cu")
             with open(paths[family], "w") as f:
                 f.write('extern "C" { long long emu_loads = 0; }\n'
@@ -440,9 +442,10 @@ def counted_loads():
             conv.launch = plain
 
 
-def depthwise_loads(n, c, hw, rate, stride=1):
+def depthwise_loads(n, c, hw, rate, stride=1, edit=None):
     """Global loads per output pixel (element of y) of the depthwise kernels, reference and tiled,
-    counted on emu for a 3x3 conv of rate ``rate`` over an (n, c, hw, hw) float32 input."""
+    counted on emu for a 3x3 conv of rate ``rate`` over an (n, c, hw, hw) float32 input; every
+    result is first checked against the NumPy path. ``edit``: as counted_loads'."""
     rng = np.random.default_rng(0)
     g = conv._geometry((n, c, hw, hw), (c, 1, 3, 3), None, stride, rate, rate, c)
     x, w = rng.standard_normal((n, c, hw, hw), np.float32), rng.standard_normal((c, 1, 3, 3),
@@ -450,15 +453,19 @@ def depthwise_loads(n, c, hw, rate, stride=1):
     gy = rng.standard_normal((n, c, g.Ho, g.Wo), np.float32)
     dev, args, out = mdl.get_device("emu"), (1,) + conv._geom_args(g), gy.size
     counts = {}
-    with counted_loads() as loads:
+    numpy = conv.DepthwiseConv2d(g)
+    numpy.dev, numpy.needs_grad = mdl.get_device("cpu"), (True, True)
+    want = (numpy.forward_cpu(x, w), *numpy.backward_cpu(gy)[:2])
+    with counted_loads(edit) as loads:
         op = conv.DepthwiseConv2d(g)
         op.dev, op.needs_grad = dev, (True, False)
-        loads(), op.forward_kernel(x, w)
+        loads()
+        got = [op.forward_kernel(x, w)]
         counts["depthwise_forward"] = loads()
-        op.backward_kernel(gy)
+        got.append(op.backward_kernel(gy)[0])
         counts["depthwise_backward_input"] = loads()
         op.needs_grad = (False, True)
-        op.backward_kernel(gy)
+        got.append(op.backward_kernel(gy)[1])
         counts["depthwise_backward_weight + channel_sum"] = loads()
         for kernel, arrays, grid in (
                 ("forward", (x, w, np.empty_like(gy)), dict(n=out)),
@@ -466,6 +473,9 @@ def depthwise_loads(n, c, hw, rate, stride=1):
                 ("backward_weight", (x, gy, np.empty_like(w)), dict(grid=min(w.size, MAX_GRID)))):
             conv.launch(dev, "conv", f"depthwise_{kernel}_reference", arrays + args, **grid)
             counts[f"depthwise_{kernel}_reference"] = loads()
+            got.append(arrays[-1])
+    for a, b in zip(got, want + want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     return {k: v / out for k, v in counts.items()}
 
 
