@@ -27,7 +27,9 @@ MULTI_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 class Shape:
-    """Stands in for a Tensor in the shape-only pass."""
+    """Stands in for a Tensor in the shape-only pass (on no device)."""
+
+    device = None
 
     def __init__(self, shape):
         self.shape = tuple(int(s) for s in shape)

@@ -319,29 +319,30 @@ def test_tiny_forward_backward_matches_cpu(device, backbone):
 
 @pytest.mark.parametrize("backbone", ["xception65", "resnet101"])
 def test_fused_batch_norm_relu_changes_no_bit_on_cpu(monkeypatch, backbone):
-    """The model's BN + ReLU pairs run as one op (F.batch_norm ``relu=True``); on cpu its numbers
-    are batch_norm's then relu's, so the float32 training forward, every gradient and the
-    updated BN statistics equal, bit for bit, those of the model with each pair as two ops."""
+    """The model's BN + ReLU pairs run as one op (F.batch_norm ``relu=True``) where
+    ``nn.layers.fuses_relu``: the kernel devices. Made to on cpu, where the fused op's numbers are
+    batch_norm's then relu's, the float32 training forward, every gradient and the updated BN
+    statistics equal, bit for bit, those of the model with each pair as two ops (cpu's default)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 33, 33), dtype=np.float32)
     labels = rng.integers(0, 3, (2, 33, 33))
-    batch_norm, fused_calls = F.batch_norm, []
+    batch_norm, relu_flags = F.batch_norm, []
 
-    def unfused(*args, relu=False, **kwargs):
-        fused_calls.append(relu)
-        y = batch_norm(*args, **kwargs)
-        return F.relu(y) if relu else y
+    def recorded(*args, relu=False, **kwargs):
+        relu_flags.append(relu)
+        return batch_norm(*args, relu=relu, **kwargs)
 
+    monkeypatch.setattr(F, "batch_norm", recorded)
     results = []
-    for split in (False, True):
-        if split:
-            monkeypatch.setattr(F, "batch_norm", unfused)
+    for fused in (False, True):
+        monkeypatch.setattr(nn.layers, "fuses_relu", lambda device, fused=fused: fused)
+        relu_flags.clear()
         model = deeplabv3plus(backbone, **TINY).train()
         logits = model(mdl.Tensor(x))
         F.softmax_cross_entropy(logits, labels).backward()
         grads = {k: mdl.Tensor(p.grad).numpy() for k, p in model.named_parameters()}
         results.append((logits.numpy(), grads, model.state_dict()))
-    assert any(fused_calls) and not all(fused_calls)  # the model asked for the fused op
+        assert any(relu_flags) == fused and not all(relu_flags)
     (y0, g0, s0), (y1, g1, s1) = results
     assert y0.dtype == np.float32 and np.array_equal(y0, y1)
     assert all(np.array_equal(g0[k], g1[k]) for k in g0)

@@ -42,9 +42,9 @@ class XceptionBlock(nn.Module):
         """-> (unit output, second separable conv's output: the official decoder end point
         ``separable_conv2_pointwise``, after its BN and before any ReLU; None without
         ``end_point``)."""
-        # A BN output that only a ReLU reads runs fused with it (F.batch_norm relu=True): sep1's
-        # last BN with sep2's input ReLU (pre-activation) or its own (exit block 2), and sep2's
-        # with sep3's input ReLU when no one takes sep2's output as the end point.
+        # A BN output that only a ReLU reads goes with it (BatchNorm2d relu: one op on the kernel
+        # devices): sep1's last BN with sep2's input ReLU (pre-activation) or its own (exit block
+        # 2), and sep2's with sep3's input ReLU when no one takes sep2's output as the end point.
         fuse = not end_point
         inner = self.sep2(self.sep1(x, relu_out=True), relu_in=False,
                           relu_out=True if fuse else None)
