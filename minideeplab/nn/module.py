@@ -11,7 +11,8 @@ from ..tensor import Tensor, _device_of
 
 
 class Parameter(Tensor):
-    """A Tensor that a Module trains: ``requires_grad`` is always True."""
+    """A Tensor that a Module trains: ``requires_grad`` starts True; code that fixes a
+    parameter sets it False (``experiment.freeze_batch_norm``: frozen BN's gamma and beta)."""
 
     def __init__(self, data, device=None):
         super().__init__(data, requires_grad=True, device=device)
