@@ -129,8 +129,12 @@ class DeepLab(nn.Module):
 
 
 def sgd(model, lr, momentum, weight_decay):
-    """torch.optim.SGD as our optim.SGD: no weight decay on 1-D parameters (BN, biases)."""
+    """torch.optim.SGD as our optim.SGD with experiment.no_weight_decay: weight decay on the
+    weights of the convolutions that are not depthwise, none on depthwise weights, BN, biases."""
+    decayed = {id(m.weight) for m in model.modules()
+               if isinstance(m, nn.Conv2d) and m.groups == 1}
     params = list(model.parameters())
-    return torch.optim.SGD([dict(params=[p for p in params if p.ndim > 1]),
-                            dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0)],
+    return torch.optim.SGD([dict(params=[p for p in params if id(p) in decayed]),
+                            dict(params=[p for p in params if id(p) not in decayed],
+                                 weight_decay=0.0)],
                            lr=lr, momentum=momentum, weight_decay=weight_decay)

@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minideeplab.functional as F  # noqa: E402
 from minideeplab.data.shapes import ShapesDataset  # noqa: E402
 from minideeplab.device import get_device, gpu_available  # noqa: E402
+from minideeplab.experiment import no_weight_decay  # noqa: E402
 from minideeplab.models import deeplabv3plus  # noqa: E402
 from minideeplab.optim import SGD  # noqa: E402
 from minideeplab.tensor import Tensor  # noqa: E402
@@ -75,7 +76,9 @@ def build(cfg, device):
     model = deeplabv3plus(**{k: cfg[k] for k in MODEL_KEYS if k in cfg},
                           num_classes=cfg["num_classes"], output_stride=cfg["output_stride"],
                           seed=0).to(device)
-    return model, SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    # Weight decay where training puts it (the official rule: no depthwise weights, BN or biases).
+    return model, SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                      no_decay=no_weight_decay(model))
 
 
 # Where a step reads its loss on the host: "before" the backward, as train.py's loop has done (a
