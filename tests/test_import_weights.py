@@ -1,6 +1,8 @@
 """Importing official DeepLab variables: the names against the official variable lists
-(tests/fixtures/official_variables.json), the layouts against a NumPy reference that reads the
-official-layout arrays directly, the errors, and the command line."""
+(tests/fixtures/official_variables.json, as TensorFlow builds the official graph:
+tests/fixtures/make_official_variables.py), the layouts against a NumPy reference that reads the
+official-layout arrays directly, the errors, the command line, and (opt-in) the logits of the
+official model with random weights."""
 import json
 import os
 
@@ -8,8 +10,9 @@ import numpy as np
 import pytest
 
 from minideeplab import import_weights, nn
+from minideeplab.data.transforms import normalize
 from minideeplab.config import no_grad
-from minideeplab.experiment import load_checkpoint
+from minideeplab.experiment import build_model, load_checkpoint
 from minideeplab.import_weights import import_official, official_name
 from minideeplab.models.deeplab import deeplabv3plus
 from minideeplab.tensor import Tensor
@@ -33,7 +36,7 @@ def test_official_variable_lists_fit_one_to_one(backbone, decoder):
     assert model.config["num_classes"] == 21
     state = model.state_dict()
     names = {official_name(k, model.config)[0] for k in state}
-    assert names == set(listed) - {"global_step"} and len(names) == len(state)
+    assert names == set(listed) and len(names) == len(state)
     # each of our arrays holds the value of the variable it came from
     index = {n: i for i, n in enumerate(listed)}
     for key, value in state.items():
@@ -160,3 +163,26 @@ def test_command_line_writes_a_checkpoint_evaluate_loads(tmp_path, monkeypatch, 
     monkeypatch.setattr(import_weights, "read_checkpoint", lambda prefix: {})
     with pytest.raises(SystemExit, match="cannot import model.ckpt: not an official"):
         import_weights.main(["model.ckpt", "--out", out])
+
+
+COMPARE = os.environ.get("MINIDEEPLAB_OFFICIAL_COMPARE")
+
+
+@pytest.mark.skipif(not COMPARE, reason="set MINIDEEPLAB_OFFICIAL_COMPARE to the folder that "
+                    "make_official_variables.py --compare wrote")
+def test_logits_equal_the_official_models(tmp_path):
+    """The official xception_65 DeepLabv3+ (OS 16, decoder; random weights and BN statistics),
+    saved by TensorFlow, imported: the same logits at float32 round-off."""
+    out = str(tmp_path / "imported.npz")
+    import_weights.main([os.path.join(COMPARE, "model.ckpt"), "--backbone", "xception65",
+                         "--out", out])
+    state, _, meta = load_checkpoint(out)
+    model = build_model(meta["config"], "cpu")
+    model.load_state_dict(state)
+    image = np.load(os.path.join(COMPARE, "image.npy"))
+    expected = np.load(os.path.join(COMPARE, "logits.npy"))
+    with no_grad():
+        got = model.eval()(Tensor(normalize(image).transpose(2, 0, 1)[None].copy())).numpy()
+    err = np.abs(got[0].transpose(1, 2, 0) - expected).max() / np.abs(expected).max()
+    print(f"largest logits difference / largest logit: {err:.2e}")
+    assert err < 1e-5
