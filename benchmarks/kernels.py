@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minideeplab as mdl  # noqa: E402
 import minideeplab.functional as F  # noqa: E402
 import minideeplab.functional.conv as conv  # noqa: E402
+import minideeplab.functional.resize as resize  # noqa: E402
 from minideeplab.functional.norm import splits  # noqa: E402
 from minideeplab.kernels import MAX_GRID, launch  # noqa: E402
 from benchmarks.common import (  # noqa: E402
@@ -225,13 +226,26 @@ def resize_case(n, c, hw, out):
         return {("fwd", "op"): fwd, ("fwd", "resize_bilinear_forward"): fwd,
                 ("bwd", "op"): _torch_backward(fwd, T, ("x",)),
                 ("bwd", "resize_bilinear_backward"): _torch_backward(fwd, T, ("x",))}
+
+    def reference(dev):
+        d = mdl.get_device(dev)
+        X, GY = d.asarray(a["x"]), d.asarray(a["gy"])
+        y, gx = d.xp.empty_like(GY), d.xp.empty_like(X)
+        fwd, bwd = ([*resize._on_device(d, np.float32, t, hw, out, True)] * 2  # rows = columns
+                    for t in (resize._axis, resize._by_input))
+        return {"fwd": lambda: launch(d, "resize", "resize_bilinear_forward_reference",
+                                      (X, *fwd, y, hw, hw, out, out, y.size), n=y.size),
+                "bwd": lambda: launch(d, "resize", "resize_bilinear_backward_reference",
+                                      (GY, *bwd, gx, hw, hw, out, out, gx.size), n=gx.size)}
     return Case(
         f"resize {c}ch {hw}x{hw} -> {out}x{out}", a,
         lambda dev: (lambda X: F.resize_bilinear(X, (out, out)),
                      [mdl.Tensor(a["x"], requires_grad=True, device=dev)]),
-        {(p, k): (moved, fl) for p, k in (("fwd", "op"), ("fwd", "resize_bilinear_forward"),
-                                          ("bwd", "op"), ("bwd", "resize_bilinear_backward"))},
-        torch_rows)
+        {(p, k): (moved, fl) for p, k in (
+            ("fwd", "op"), ("fwd", "resize_bilinear_forward"),
+            ("fwd", "resize_bilinear_forward_reference"), ("bwd", "op"),
+            ("bwd", "resize_bilinear_backward"), ("bwd", "resize_bilinear_backward_reference"))},
+        torch_rows, reference=reference)
 
 
 def pool_case(n, c, hw):

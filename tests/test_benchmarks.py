@@ -26,7 +26,9 @@ def test_kernels_quick(device, tmp_path):
                 "bn_split_sums", "bn_split_statistics", "bn_forward", "bn_backward_sums",
                 "bn_split_coefficients", "bn_backward_dx", "bn_moments", "bn_statistics",
                 "bn_backward_coefficients",
-                "resize_bilinear_forward", "resize_bilinear_backward", "softmax_xent_forward",
+                "resize_bilinear_forward", "resize_bilinear_backward",
+                "resize_bilinear_forward_reference", "resize_bilinear_backward_reference",
+                "softmax_xent_forward",
                 "softmax_xent_backward", "relu_forward", "relu_backward"} == launched
     else:
         assert not launched

@@ -8,6 +8,8 @@ from scipy import ndimage
 import minideeplab.functional as F
 from minideeplab import Tensor
 from minideeplab.device import get_device
+from minideeplab.functional import resize
+from minideeplab.kernels import launch
 from tests.conftest import assert_close
 
 DTYPES = [np.float32, np.float64]
@@ -119,3 +121,39 @@ def test_global_avg_pool_of_no_pixels_is_refused(device):
     with pytest.raises(ValueError, match=r"^global_avg_pool: x must be \(N, C, H, W\) with at "
                                          r"least one pixel to average, got \(2, 3, 0, 4\)$"):
         F.global_avg_pool(Tensor(np.zeros((2, 3, 0, 4)), device=device))
+
+
+# (in H, W) -> (out H, W) for the banded kernels: several bands each way (source rows of 150 and
+# 300 reals), downsampling with rows nothing reads, align_corners both ways; rows of 6000 reals
+# do not fit shared memory (the reference kernels run).
+BANDED = [((40, 150), (129, 300)), ((300, 40), (50, 300)), ((2, 6000), (3, 6000))]
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("sizes", BANDED, ids=str)
+def test_banded_and_reference_kernels_agree(sizes, align_corners):
+    """The op's banded kernels against the *_reference kernels (the same bits) and the NumPy
+    path, on emu."""
+    (H, W), size = sizes
+    x = np.random.default_rng(0).standard_normal((1, 2, H, W))
+    y, gx, gy = run("emu", lambda t: F.resize_bilinear(t, size, align_corners), x)
+    y_np, gx_np, _ = run("cpu", lambda t: F.resize_bilinear(t, size, align_corners), x)
+    assert_close(y, y_np, dtype=np.float64)
+    assert_close(gx, gx_np, dtype=np.float64)
+    dev, ac, (Ho, Wo) = get_device("emu"), align_corners, size
+    fwd = resize._on_device(dev, x.dtype, resize._axis, H, Ho, ac) + resize._on_device(
+        dev, x.dtype, resize._axis, W, Wo, ac)
+    bwd = resize._on_device(dev, x.dtype, resize._by_input, H, Ho, ac) + resize._on_device(
+        dev, x.dtype, resize._by_input, W, Wo, ac)
+    y_ref, gx_ref = np.empty_like(y), np.empty_like(x)
+    launch(dev, "resize", "resize_bilinear_forward_reference",
+           (x, *fwd, y_ref, H, W, Ho, Wo, y_ref.size), n=y_ref.size)
+    launch(dev, "resize", "resize_bilinear_backward_reference",
+           (gy, *bwd, gx_ref, H, W, Ho, Wo, gx_ref.size), n=gx_ref.size)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(gx, gx_ref)
+    banded = [resize._bands(H, Ho, ac, width, back) for width, back in ((W, False), (Wo, True))]
+    if W == 6000:
+        assert banded == [None, None]
+    else:  # more than one band each way
+        assert all(b is not None and b[1].shape[1] > 1 for b in banded), banded

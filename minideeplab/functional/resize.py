@@ -10,7 +10,7 @@ import functools
 import numpy as np
 
 from ..function import Function
-from ..kernels import launch
+from ..kernels import BLOCK, MAX_GRID, launch
 from .reduce import channel_sum
 
 
@@ -45,6 +45,43 @@ def _by_input(n_in, n_out, align_corners):
     order = np.argsort(src, kind="stable")
     off = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_in))]).astype(np.int32)
     return off, (np.arange(2 * n_out) % n_out)[order].astype(np.int32), w[order]
+
+
+# Reals of shared memory for the source rows of a band in the banded kernels (resize.cu, RS_CAP).
+RS_CAP = 20 * BLOCK
+
+
+@functools.lru_cache(maxsize=64)
+def _bands(n_in, n_out, align_corners, width, backward):
+    """The banded kernels' rows per block over the rows of their output (y forward, gx backward)
+    and the (2, bands) table of the source rows [first, end) each band reads (x rows forward, gy
+    rows backward): the most rows, halving from all, whose source rows of ``width`` reals fit
+    RS_CAP; None where not even one row's do."""
+    i0, i1, _ = _axis(n_in, n_out, align_corners)
+    if backward:  # input row i is read by the outputs o with i0[o] == i or i1[o] == i
+        o = np.arange(n_out)
+        lo, hi = np.full(n_in, n_out), np.zeros(n_in, np.int64)
+        for i in (i0, i1):
+            np.minimum.at(lo, i, o)
+            np.maximum.at(hi, i, o + 1)
+    else:
+        lo, hi = i0, i1 + 1
+    band = len(lo)
+    while band >= 1:
+        starts = np.arange(0, len(lo), band)
+        first, end = np.minimum.reduceat(lo, starts), np.maximum.reduceat(hi, starts)
+        first = np.where(end > first, first, 0)  # rows nothing reads (downsampling): none
+        end = np.maximum(end, first)
+        if (end - first).max() * width <= RS_CAP:
+            return band, np.stack([first, end]).astype(np.int32)
+        band //= 2
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _span_on_device(dev, n_in, n_out, align_corners, width):
+    """The backward's band table on ``dev``: copied once."""
+    return dev.asarray(_bands(n_in, n_out, align_corners, width, True)[1])
 
 
 @functools.lru_cache(maxsize=64)
@@ -97,13 +134,22 @@ class ResizeBilinear(Function):
         return gx
 
     def _launch(self, kernel, tables, src, dst):
-        """``kernel`` from ``src`` into ``dst`` (one thread per element of ``dst``) with the
-        ``tables`` of both axes on the device."""
+        """``kernel`` from ``src`` into ``dst`` with the ``tables`` of both axes on the device:
+        the banded kernel (a band of dst's rows per block, its source rows in shared memory), or
+        the ``_reference`` one (a thread per element) where not even one row's source rows fit."""
         (H, W), (Ho, Wo), ac = self.in_shape[2:], self.size, self.align_corners
         tables = (_on_device(self.dev, src.dtype, tables, H, Ho, ac) +
                   _on_device(self.dev, src.dtype, tables, W, Wo, ac))
-        launch(self.dev, "resize", kernel, (src, *tables, dst, H, W, Ho, Wo, dst.size),
-               n=dst.size)
+        backward = kernel.endswith("backward")
+        bands = _bands(H, Ho, ac, Wo if backward else W, backward)
+        if bands is None:
+            launch(self.dev, "resize", f"{kernel}_reference",
+                   (src, *tables, dst, H, W, Ho, Wo, dst.size), n=dst.size)
+            return
+        band, NC = bands[0], dst.shape[0] * dst.shape[1]
+        span = (_span_on_device(self.dev, H, Ho, ac, Wo),) if backward else ()
+        launch(self.dev, "resize", kernel, (src, *tables, *span, dst, H, W, Ho, Wo, NC, band),
+               grid=min(NC * -(-dst.shape[2] // band), MAX_GRID))
 
 
 class GlobalAvgPool(Function):
