@@ -207,14 +207,23 @@ def require_finite(arrays, what):
                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
 
 
+# The network a checkpoint's parameters are for, as meta["model_version"]. 2: the released one
+# (pre-activation Xception units, BN eps per module, the ASPP's concatenation order;
+# ARCHITECTURE.md s. 7). 1: the one before, whose checkpoints have no model_version; its
+# parameters have the same names and shapes, so they load, and compute a different network.
+MODEL_VERSION = 2
+MODEL_CHANGE = "released network: pre-activation Xception units, BN eps per module, ASPP order"
+
+
 def save_checkpoint(path, model, opt, meta):
     """One .npz: parameters and BN statistics, optimizer state, and ``meta`` (iteration, model
-    config, data, history) as JSON; written to a temporary file, then renamed (atomic).
-    CheckpointError, writing nothing, if a parameter, BN statistic or momentum is not finite."""
+    config, data, history) as JSON with ``model_version`` (MODEL_VERSION) added; written to a
+    temporary file, then renamed (atomic). CheckpointError, writing nothing, if a parameter, BN
+    statistic or momentum is not finite."""
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
     require_finite(arrays, f"not writing {path}")
-    arrays["meta"] = np.array(json.dumps(meta))
+    arrays["meta"] = np.array(json.dumps(dict(meta, model_version=MODEL_VERSION)))
     tmp = path + ".tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
@@ -222,10 +231,10 @@ def save_checkpoint(path, model, opt, meta):
 
 def load_checkpoint(path):
     """(model_state, optim_state, meta) from ``save_checkpoint``'s file; ``meta["config"]`` has
-    every argument of ``deeplabv3plus`` and ``meta["data"]`` the dataset's, also for checkpoints
-    written before they were saved that way (config without defaults, data only in "args").
-    One error for every file that is missing, truncated, corrupt or incomplete:
-    CheckpointError("cannot read checkpoint PATH: reason")."""
+    every argument of ``deeplabv3plus``. One error for every file that is missing, truncated,
+    corrupt or incomplete: CheckpointError("cannot read checkpoint PATH: reason"); one written
+    for another model version (MODEL_VERSION; none recorded: 1): CheckpointError("checkpoint
+    PATH is for model version V, this code builds version 2 (...); retrain it ...")."""
     def fail(reason):
         return CheckpointError(f"cannot read checkpoint {path}: {reason}")
 
@@ -247,13 +256,19 @@ def load_checkpoint(path):
     missing = [k for k in ("iteration", "config", "history", "seconds") if k not in meta]
     if missing:
         raise fail(f"its meta lacks {', '.join(missing)}")
+    version = meta.get("model_version", 1)
+    if not isinstance(version, int):
+        raise fail(f"its meta's model_version is {version!r}, not a whole number")
+    if version != MODEL_VERSION:
+        what = (f" (the {MODEL_CHANGE}), so its parameters would compute another network; "
+                "retrain it (python -m minideeplab.train)" if version < MODEL_VERSION else
+                "; read it with the minideeplab that wrote it")
+        raise CheckpointError(f"checkpoint {path} is for model version {version}, this code "
+                              f"builds version {MODEL_VERSION}{what}")
+    if "data" not in meta:  # every checkpoint of this model version has it
+        raise fail("its meta lacks data")
     try:
         meta["config"] = model_config(**meta["config"])
-        if "data" not in meta:
-            args = meta["args"]
-            meta["data"] = dict(name=args["dataset"], data_root=args["data_root"],
-                                image_size=args["crop"], train_size=args["train_size"],
-                                val_size=args["val_size"], seed=args["seed"])
-    except (KeyError, TypeError) as e:
-        raise fail(f"its meta does not describe a model and a dataset ({e})") from None
+    except TypeError as e:
+        raise fail(f"its meta does not describe a model ({e})") from None
     return model_state, split("optim/"), meta

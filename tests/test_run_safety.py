@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minideeplab import evaluate, train
-from minideeplab.experiment import CheckpointError, load_checkpoint, save_checkpoint
+from minideeplab import evaluate, predict, train
+from minideeplab.experiment import (MODEL_VERSION, CheckpointError, load_checkpoint,
+                                    save_checkpoint)
 from tests.test_voc import make_tree, write_label
 
 TINY = ["--device", "cpu", "--threads", "1", "--width", "0.125", "--middle-blocks", "1",
@@ -308,3 +309,38 @@ def test_every_unreadable_checkpoint_gives_one_line(run, tmp_path, kind):
     if kind != "no-optimizer-state":  # evaluate needs only the model
         with pytest.raises(SystemExit, match=f"^cannot read checkpoint {bad}: "):
             evaluate.main(["--checkpoint", str(bad), "--device", "cpu"])
+
+
+def with_meta(src, dst, change):
+    """``src`` rewritten to ``dst`` with ``change(meta)`` applied to its meta."""
+    def edit(arrays):
+        meta = json.loads(str(arrays["meta"]))
+        change(meta)
+        arrays["meta"] = np.array(json.dumps(meta))
+    rewrite(src, dst, edit)
+
+
+@pytest.mark.parametrize("version", [None, 1, MODEL_VERSION + 1])
+def test_a_checkpoint_of_another_model_version_is_refused(run, tmp_path, version):
+    """Issue 16: the network before the released one (model version 1, whose checkpoints record
+    no version: the earlier code wrote none) has the same parameter names and shapes; its
+    checkpoints would load and compute another network. evaluate, predict, --resume and
+    --init-from refuse them, and a newer version's, in one line saying what to do."""
+    old = tmp_path / "old.npz"
+    with_meta(run / "checkpoint.npz", old, lambda meta: meta.pop("model_version") if version
+              is None else meta.update(model_version=version))
+    seen = 1 if version is None else version
+    why = (f"checkpoint {re.escape(str(old))} is for model version {seen}, this code builds "
+           f"version {MODEL_VERSION}" + (r" \(the released network: .*\), so its parameters "
+                                         "would compute another network; retrain it" if seen == 1
+                                         else "; read it with the minideeplab that wrote it"))
+    assert load_checkpoint(str(run / "checkpoint.npz"))[2]["model_version"] == MODEL_VERSION
+    with pytest.raises(SystemExit, match=f"^{why}"):
+        evaluate.main(["--checkpoint", str(old), "--device", "cpu"])
+    with pytest.raises(SystemExit, match=f"^{why}"):
+        predict.main([str(tmp_path / "any.png"), "--checkpoint", str(old), "--out",
+                      str(tmp_path / "p"), "--device", "cpu"])
+    for flag in ("--resume", "--init-from"):
+        out = tmp_path / flag
+        with pytest.raises(SystemExit, match=f"^{flag}: {why}"):
+            train.main(TINY + ["--iters", "6", "--out", str(out), flag, str(old)])
