@@ -31,7 +31,8 @@ BN = {"gamma": "gamma", "beta": "beta", "running_mean": "moving_mean",
 
 
 def _backbone_scope(name, config):
-    """Our backbone module name (after ``backbone.``) -> the official variable scope."""
+    """Our backbone module name (after ``backbone.``) -> (the official variable scope, what is
+    left of our name: ["conv"] or ["bn"])."""
     parts = name.split(".")
     if config["backbone"] == "xception65":
         if parts[0] == "stem":
@@ -52,7 +53,8 @@ def _backbone_scope(name, config):
 
 
 def _head_scope(name):
-    """Our ASPP/decoder/logits module name -> the official scope (model.py)."""
+    """Our ASPP/decoder/logits module name -> (the official scope, model.py; what is left of our
+    name)."""
     fixed = {"aspp.image_pooling": "image_pooling", "aspp.conv1x1": "aspp0",
              "aspp.project": "concat_projection", "logits": "logits/semantic",
              "decoder.low_level": "decoder/feature_projection0"}
