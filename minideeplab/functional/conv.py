@@ -18,7 +18,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..function import Function
-from ..kernels import BLOCK, MAX_GRID, launch
+from ..kernels import BLOCK, DW_HALO, DW_RMAX, DW_TW, MAX_GRID, launch
 
 Geometry = namedtuple("Geometry", "N C H W Cout kh kw sh sw ph pw dh dw Ho Wo groups")
 
@@ -373,9 +373,9 @@ class DepthwiseConv2d(_Conv):
         return gx, gw, self._bias_grad(gy)
 
 
-# The tiles of the fast depthwise kernels (kernels/conv.cu, DW_*): DW_TW columns, DW_TY thread
-# rows of `rows` outputs each, a shared window and the weights in at most DW_HALO reals.
-DW_TW, DW_TY, DW_HALO = 32, BLOCK // 32, 16 * BLOCK
+# The tiles of the fast depthwise kernels (kernels/conv.cu): DW_TW columns, DW_TY thread rows of
+# `rows` outputs each (at most DW_RMAX), a shared window and the weights in at most DW_HALO reals.
+DW_TY = BLOCK // DW_TW
 
 
 def _depthwise_rows(g, tile, window, backward_input):
@@ -385,7 +385,7 @@ def _depthwise_rows(g, tile, window, backward_input):
     of two."""
     if any(s & (s - 1) for s in (g.sh, g.sw)):
         return None
-    for rows in (4, 2, 1):
+    for rows in (DW_RMAX, DW_RMAX // 2, 1):
         if rows > 1 and DW_TY * rows // 2 >= tile[0]:
             continue
         if backward_input:  # the gy rows that a tile of gx gathers from

@@ -10,7 +10,7 @@ import functools
 import numpy as np
 
 from ..function import Function
-from ..kernels import BLOCK, MAX_GRID, launch
+from ..kernels import MAX_GRID, RS_CAP, launch
 from .reduce import channel_sum
 
 
@@ -45,10 +45,6 @@ def _by_input(n_in, n_out, align_corners):
     order = np.argsort(src, kind="stable")
     off = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n_in))]).astype(np.int32)
     return off, (np.arange(2 * n_out) % n_out)[order].astype(np.int32), w[order]
-
-
-# Reals of shared memory for the source rows of a band in the banded kernels (resize.cu, RS_CAP).
-RS_CAP = 20 * BLOCK
 
 
 @functools.lru_cache(maxsize=64)

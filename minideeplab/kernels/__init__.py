@@ -2,13 +2,20 @@
 
 Every launch goes through ``launch``: ``BLOCK`` threads a block, a grid-stride grid over ``n``
 elements (``grid_1d``) or an explicit grid (one block per channel, say). Each ``.cu`` file is
-compiled with ``-DBLOCK=<BLOCK>``, so a kernel's shared arrays and the launch agree by
-construction (ARCHITECTURE.md s. 5). A launch over no elements (``n == 0``) or no blocks (a grid
-with a 0) is skipped here, for every op: it has nothing to compute, and CUDA refuses a grid of 0
-blocks.
+compiled with ``-DBLOCK=<BLOCK>`` and the other ``MACROS``, so a kernel's shared arrays, the
+launch and the host's tiling agree by construction (ARCHITECTURE.md s. 5). A launch over no
+elements (``n == 0``) or no blocks (a grid with a 0) is skipped here, for every op: it has
+nothing to compute, and CUDA refuses a grid of 0 blocks.
 """
 
 BLOCK = 256  # threads per block of every launch: a power of two, for the tree reductions
+# The tiled kernels' shapes and shared-memory sizes, in reals: the host picks tiles and bands that
+# fit them, the kernels size their shared arrays by them.
+DW_TW = 32  # depthwise tile columns: one warp spans a tile row, so its loads coalesce
+DW_RMAX = 4  # depthwise outputs per thread at most (1, 2 or 4)
+DW_HALO = 16 * BLOCK  # depthwise window and weights: 16 KiB in float, 32 KiB in double
+RS_CAP = 20 * BLOCK  # resize's source rows of a band: 20 KiB in float, 40 KiB in double
+MACROS = dict(BLOCK=BLOCK, DW_TW=DW_TW, DW_RMAX=DW_RMAX, DW_HALO=DW_HALO, RS_CAP=RS_CAP)
 MAX_GRID = 4096  # grid-stride loops cover larger sizes; keeps the emulator's block count bounded
 
 

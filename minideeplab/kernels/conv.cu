@@ -168,10 +168,9 @@ extern "C" __global__ void depthwise_backward_weight_reference(const real* __res
 // origins are divided out once per tile, never in the tap loops. The host picks rows in
 // {1, 2, 4} so that window and weights fit DW_HALO reals (functional/conv.py); a geometry whose
 // window never fits runs the reference kernels. Each kernel is a grid-stride loop over the tiles.
-#define DW_TW 32               // tile columns: one warp spans a tile row, so accesses coalesce
+// DW_TW (tile columns), DW_RMAX (rows per thread at most) and DW_HALO (reals of shared window
+// and weights) come from the host with BLOCK (kernels.MACROS).
 #define DW_TY (BLOCK / DW_TW)  // thread rows of a block
-#define DW_RMAX 4              // rows per thread at most
-#define DW_HALO (16 * BLOCK)   // reals of shared window: 16 KiB in float, 32 KiB in double
 
 // The span of input rows (or columns) that outputs [o0, o1) read under k taps d apart, clipped to
 // [0, size): [*lo, *lo + *len), *len <= 0 when all of it is padding.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BLOCK, MAX_GRID
+from . import MACROS, MAX_GRID
 
 KERNEL_DIR = Path(__file__).resolve().parent
 _REALS = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -65,8 +65,9 @@ def include_dirs(path):
 
 def options(path, real):
     """The flags every compile path (NVRTC, ``compile_check``, the emulator's g++) gives ``path``:
-    ``real`` and ``BLOCK`` as macros, the include directories, C++17."""
-    return ["-std=c++17", f"-Dreal={real}", f"-DBLOCK={BLOCK}",
+    ``real``, ``BLOCK`` and the tiled kernels' sizes (``kernels.MACROS``) as macros, the include
+    directories, C++17."""
+    return ["-std=c++17", f"-Dreal={real}", *(f"-D{k}={v}" for k, v in MACROS.items()),
             *(f"-I{d}" for d in include_dirs(path))]
 
 

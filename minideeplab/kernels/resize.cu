@@ -68,7 +68,7 @@ extern "C" __global__ void resize_bilinear_backward_reference(const real* __rest
 // dividing. The host picks the band so that its source rows fit RS_CAP reals, or runs the
 // reference kernels where not even one row's do (functional/resize.py).
 // Launch: grid min(N*C*bands, MAX_GRID), block BLOCK (a grid-stride loop over the bands).
-#define RS_CAP (20 * BLOCK)  // reals of shared rows: 20 KiB in float, 40 KiB in double
+// RS_CAP (reals of shared source rows) comes from the host with BLOCK (kernels.MACROS).
 
 // Copies len consecutive reals of src into rows.
 __device__ __forceinline__ void rs_load(real* rows, const real* src, int len) {
