@@ -455,7 +455,7 @@ def pointwise_conv2d(x, w, b=None):
 
 
 def separable_conv2d(x, w_depthwise, w_pointwise, rate=1, stride=1):
-    """Atrous separable convolution (Fig. 3): depthwise with rate r, then pointwise. The modified
-    models put BN (and, outside the released Xception's pre-activation units, ReLU) between
-    the two themselves (ARCHITECTURE.md s. 7)."""
+    """Atrous separable convolution (Fig. 3): depthwise with rate r, then pointwise. The models
+    put BN (and, outside the released Xception's pre-activation units, ReLU) between the two
+    themselves (ARCHITECTURE.md s. 7)."""
     return pointwise_conv2d(depthwise_conv2d(x, w_depthwise, rate=rate, stride=stride), w_pointwise)
