@@ -14,10 +14,9 @@ import time
 
 import numpy as np
 
-from .experiment import (ArgumentParser, CheckpointError, build_dataset, build_model, eval_loader,
-                         evaluate, load_checkpoint, number, pick_device, predict_probs,
-                         require_finite)
-from .flops import MULTI_SCALES
+from .experiment import (ArgumentParser, CheckpointError, add_inference_flags, build_dataset,
+                         eval_loader, evaluate, inference_scales, load_model, number, pick_device,
+                         predict_probs)
 
 __all__ = ["evaluate", "predict_probs", "main"]  # the scoring functions live in experiment.py
 
@@ -26,14 +25,7 @@ def parse_args(argv=None):
     p = ArgumentParser(prog="python -m minideeplab.evaluate", description=__doc__,
                        allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint.npz written by train")
-    p.add_argument("--output-stride", type=int, choices=[8, 16, 32],
-                   help="evaluation output stride (default: the training one)")
-    p.add_argument("--multi-scale", action="store_true",
-                   help=f"average over scales (default {MULTI_SCALES})")
-    p.add_argument("--scales", type=number(float, above=0, high=4), nargs="+",
-                   help="with --multi-scale: the scales to average")
-    p.add_argument("--flip", action="store_true", help="also average left-right mirrored inputs")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
+    add_inference_flags(p)
     p.add_argument("--dataset", choices=["shapes", "voc"], help="default: the training one")
     p.add_argument("--data-root")
     p.add_argument("--batch-size", type=number(int, 1), default=8,
@@ -41,8 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--out", help="folder for metrics.json (default: eval_os<OS>[_ms][_flip] "
                                  "beside the checkpoint)")
     args = p.parse_args(argv)
-    if args.scales and not args.multi_scale:
-        p.error("argument --scales: only used with --multi-scale (add it, or drop --scales)")
+    args.scales = inference_scales(p, args)
     return args
 
 
@@ -50,16 +41,12 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.exists(args.checkpoint):
         raise SystemExit(f"no checkpoint at {args.checkpoint}")
+    device = pick_device(args.device)
     try:
-        state, _, meta = load_checkpoint(args.checkpoint)
-        require_finite(state, f"checkpoint {args.checkpoint} cannot be evaluated")
+        model, meta = load_model(args.checkpoint, device, args.output_stride)
     except CheckpointError as e:
         raise SystemExit(str(e)) from None
-    device = pick_device(args.device)
-    model = build_model(meta["config"], device)
-    model.load_state_dict(state)
-    os_ = args.output_stride or meta["config"]["output_stride"]
-    model.set_output_stride(os_)
+    os_ = model.config["output_stride"]
     data = dict(meta["data"], name=args.dataset or meta["data"]["name"],
                 data_root=args.data_root or meta["data"]["data_root"])
     if data["name"] == "voc" and not data["data_root"]:
@@ -69,7 +56,7 @@ def main(argv=None):
         raise SystemExit(f"checkpoint {args.checkpoint} predicts {meta['config']['num_classes']} "
                          f"classes but --dataset {data['name']} has {val_set.num_classes}")
     loader = eval_loader(val_set, args.batch_size)
-    scales = tuple(args.scales or MULTI_SCALES) if args.multi_scale else (1.0,)
+    scales = args.scales
     t0 = time.perf_counter()
     cm = evaluate(model, loader, val_set.num_classes, device, scales, args.flip, progress=True)
     metrics = dict(checkpoint=args.checkpoint, output_stride=os_, scales=list(scales),

@@ -24,7 +24,7 @@ from .data.shapes import ShapesDataset
 from .data.transforms import EvalTransform, Loader
 from .data.voc import VOCSegmentation, default_train_split
 from .device import gpu_available
-from .flops import scale_dimension
+from .flops import MULTI_SCALES, scale_dimension
 from .metrics import ConfusionMatrix
 from .models.deeplab import deeplabv3plus, model_config
 from .tensor import Tensor
@@ -205,6 +205,37 @@ def require_finite(arrays, what):
     if bad:
         raise CheckpointError(f"{what}: {len(bad)} arrays hold NaN or inf "
                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+
+
+def load_model(path, device, output_stride=None):
+    """(model, meta) of checkpoint ``path``: rebuilt from its config on ``device``, its finite
+    parameters loaded, at ``output_stride`` (default: the checkpoint's), in eval mode."""
+    state, _, meta = load_checkpoint(path)
+    require_finite(state, f"checkpoint {path} cannot be used")
+    model = build_model(meta["config"], device)
+    model.load_state_dict(state)
+    model.set_output_stride(output_stride or meta["config"]["output_stride"]).eval()
+    return model, meta
+
+
+def add_inference_flags(p):
+    """evaluate's and predict's flags for how a model is run: output stride, scales, flip,
+    device; ``inference_scales`` reads them."""
+    p.add_argument("--output-stride", type=int, choices=[8, 16, 32],
+                   help="default: the checkpoint's (the training one)")
+    p.add_argument("--multi-scale", action="store_true",
+                   help=f"average over scales (default {MULTI_SCALES})")
+    p.add_argument("--scales", type=number(float, above=0, high=4), nargs="+",
+                   help="with --multi-scale: the scales to average")
+    p.add_argument("--flip", action="store_true", help="also average left-right mirrored inputs")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
+
+
+def inference_scales(p, args):
+    """The scales ``add_inference_flags``' flags ask for; a parse error for --scales alone."""
+    if args.scales and not args.multi_scale:
+        p.error("argument --scales: only used with --multi-scale (add it, or drop --scales)")
+    return tuple(args.scales or MULTI_SCALES) if args.multi_scale else (1.0,)
 
 
 # The network a checkpoint's parameters are for, as meta["model_version"]. 2: the released one

@@ -17,9 +17,8 @@ from PIL import Image, ImageDraw
 
 from .data import shapes, voc
 from .data.transforms import EvalTransform
-from .experiment import (ArgumentParser, CheckpointError, build_model, load_checkpoint, number,
-                         pick_device, predict_probs, require_finite)
-from .flops import MULTI_SCALES
+from .experiment import (ArgumentParser, CheckpointError, add_inference_flags, inference_scales,
+                         load_model, number, pick_device, predict_probs)
 from .tensor import Tensor
 from .visualize import colorize
 
@@ -65,29 +64,21 @@ def parse_args(argv=None):
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--checkpoint", required=True, help="checkpoint.npz (train or import_weights)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--output-stride", type=int, choices=[8, 16, 32],
-                   help="default: the checkpoint's")
-    p.add_argument("--multi-scale", action="store_true",
-                   help=f"average over scales (default {MULTI_SCALES})")
-    p.add_argument("--scales", type=number(float, above=0, high=4), nargs="+",
-                   help="with --multi-scale: the scales to average")
-    p.add_argument("--flip", action="store_true", help="also average left-right mirrored inputs")
+    add_inference_flags(p)
     p.add_argument("--crop", type=number(int, 1), default=513,
                    help="pad smaller images to this size (the official eval crop, 513)")
     p.add_argument("--class-names", nargs="+",
                    help="one name per class (default: those of the checkpoint's dataset)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
     args = p.parse_args(argv)
-    if args.scales and not args.multi_scale:
-        p.error("argument --scales: only used with --multi-scale (add it, or drop --scales)")
+    args.scales = inference_scales(p, args)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    device = pick_device(args.device)
     try:
-        state, _, meta = load_checkpoint(args.checkpoint)
-        require_finite(state, f"checkpoint {args.checkpoint} cannot be used")
+        model, meta = load_model(args.checkpoint, device, args.output_stride)
     except CheckpointError as e:
         raise SystemExit(str(e)) from None
     k = meta["config"]["num_classes"]
@@ -96,11 +87,7 @@ def main(argv=None):
         raise SystemExit(f"checkpoint {args.checkpoint} predicts {k} classes but "
                          f"{len(names)} class names are given (--class-names)")
     images = {path: read_image(path) for path in args.images}  # every input read before the work
-    device = pick_device(args.device)
-    model = build_model(meta["config"], device)
-    model.load_state_dict(state)
-    model.set_output_stride(args.output_stride or meta["config"]["output_stride"]).eval()
-    scales = tuple(args.scales or MULTI_SCALES) if args.multi_scale else (1.0,)
+    scales = args.scales
     os.makedirs(args.out, exist_ok=True)
     written = []
     for path, image in images.items():

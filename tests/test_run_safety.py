@@ -252,7 +252,7 @@ def test_evaluate_refuses_non_finite_weights(run, tmp_path):
         arrays = {k: z[k] for k in z.files}
     arrays["model/logits.weight"] = arrays["model/logits.weight"] * np.nan
     np.savez(tmp_path / "nan.npz", **arrays)
-    with pytest.raises(SystemExit, match=r"nan.npz cannot be evaluated: 1 arrays hold NaN or inf "
+    with pytest.raises(SystemExit, match=r"nan.npz cannot be used: 1 arrays hold NaN or inf "
                                          r"\(logits.weight\)"):
         evaluate.main(["--checkpoint", str(tmp_path / "nan.npz"), "--device", "cpu"])
 
