@@ -1,0 +1,112 @@
+"""The lessons' exercise graders (lessons/checks.py), each run three ways without executing the
+notebooks: on the stub as shipped in the notebook ("not done yet"), on the reference solution in
+lessons/solutions/ (passes) and on deliberately wrong solutions (fails, saying what is wrong): a
+check that cannot fail is a defect. tests/test_lessons.py runs the notebooks themselves."""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+import minideeplab as mdl
+
+LESSONS = Path(__file__).resolve().parent.parent / "lessons"
+sys.path.insert(0, str(LESSONS))
+import checks  # noqa: E402  (lessons/checks.py, which the notebooks import from their folder)
+
+
+def stub(lesson, name):
+    """``name`` as the notebook ships it: the source of its cell tagged ``exercise-stub``."""
+    nb = nbformat.read(LESSONS / f"{lesson}.ipynb", as_version=4)
+    scope = {"np": np, "mdl": mdl}
+    for cell in nb.cells:
+        if "exercise-stub" in cell.metadata.get("tags", []) and name in cell.source:
+            exec(cell.source, scope)
+            return scope[name]
+    raise LookupError(f"{lesson}.ipynb has no exercise-stub cell defining {name}")
+
+
+def solution(lesson, name):
+    spec = importlib.util.spec_from_file_location(f"solution_{lesson}",
+                                                  LESSONS / "solutions" / f"{lesson}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+class SigmoidWrongSign(mdl.Function):
+    def forward(self, x):
+        self.y = 1 / (1 + np.exp(-x))
+        return self.y
+
+    def backward(self, gy):
+        return -gy * self.y * (1 - self.y)
+
+
+class SigmoidSummed(SigmoidWrongSign):  # reduces the gradient to a scalar
+    def backward(self, gy):
+        return (gy * self.y * (1 - self.y)).sum()
+
+
+class SigmoidForgetsChainRule(SigmoidWrongSign):  # dy/dx without gy
+    def backward(self, gy):
+        return self.y * (1 - self.y)
+
+
+def im2col_ignoring_rate(x, w, rate):
+    return solution("02_atrous_convolution", "atrous_conv2d_im2col")(x, w, 1)
+
+
+def im2col_padding_one(x, w, rate):
+    """Pads 1 whatever the rate: the output shrinks by 2 * (rate - 1)."""
+    n, c, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ho, wo = h + 2 - 2 * rate, wd + 2 - 2 * rate
+    cols = np.stack([xp[:, :, i * rate:i * rate + ho, j * rate:j * rate + wo]
+                     for i in range(3) for j in range(3)], axis=2)
+    return (w.reshape(len(w), -1) @ cols.reshape(n, c * 9, ho * wo)).reshape(n, -1, ho, wo)
+
+
+def im2col_flipped(x, w, rate):
+    """Convolution (the kernel flipped) instead of correlation."""
+    return solution("02_atrous_convolution", "atrous_conv2d_im2col")(x, w[..., ::-1, ::-1], rate)
+
+
+EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must say)]
+    "sigmoid_backward": (checks.check_sigmoid_backward, "01_autograd", "Sigmoid", [
+        (SigmoidWrongSign, "gradient check failed for input 0"),
+        (SigmoidSummed, "shape: backward(gy) has shape ()"),
+        (SigmoidForgetsChainRule, "gradient check failed for input 0"),
+    ]),
+    "atrous_im2col": (checks.check_atrous_im2col, "02_atrous_convolution",
+                      "atrous_conv2d_im2col", [
+        (im2col_ignoring_rate, "output at rate 2 (index: image, channel, row, column) differs"),
+        (im2col_padding_one, "shape: the output at rate 2 has shape (2, 4, 4, 3)"),
+        (im2col_flipped, "output at rate 1"),
+    ]),
+}
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_stub_is_not_done(exercise, capsys):
+    grader, lesson, name, _ = EXERCISES[exercise]
+    assert grader(stub(lesson, name)) == checks.NOT_DONE
+    assert checks.NOT_DONE in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_reference_solution_passes(exercise):
+    grader, lesson, name, _ = EXERCISES[exercise]
+    assert grader(solution(lesson, name)) == checks.PASSED
+
+
+@pytest.mark.parametrize("exercise, wrong", [(e, i) for e, spec in EXERCISES.items()
+                                             for i in range(len(spec[3]))])
+def test_wrong_solution_fails(exercise, wrong):
+    grader, _, _, wrongs = EXERCISES[exercise]
+    fn, message = wrongs[wrong]
+    with pytest.raises(AssertionError, match=re.escape(message)):
+        grader(fn)
