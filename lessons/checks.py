@@ -100,3 +100,51 @@ def check_atrous_im2col(atrous_conv2d_im2col):
         right.append(rate)
     print("atrous_conv2d_im2col: matches SciPy at rates", right)
     return PASSED
+
+
+def _bn_forward(x, gamma, beta, eps):
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), keepdims=True)
+    return gamma[:, None, None] * (x - mean) / np.sqrt(var + eps) + beta[:, None, None]
+
+
+def _central_differences(f, inputs, gy, eps=1e-6):
+    """d/d inputs of sum(f(*inputs) * gy), one element at a time (float64)."""
+    grads = []
+    for i, a in enumerate(inputs):
+        g = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            plus, minus = [b.copy() for b in inputs], [b.copy() for b in inputs]
+            plus[i][idx] += eps
+            minus[i][idx] -= eps
+            g[idx] = ((f(*plus) - f(*minus)) * gy).sum() / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+def check_batch_norm_backward(batch_norm_backward):
+    """Lesson 4: the training-mode batch-norm backward ``(gx, ggamma, gbeta)``, graded against
+    central differences of a NumPy forward (batch statistics over N, H, W)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 3, 2)) * [[[2.0]], [[0.5]], [[1.0]]] + 1
+    gamma, beta, gy = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(x.shape)
+    eps = 1e-5
+    got = _attempt(batch_norm_backward, x, gamma, gy, eps)
+    if got is None:
+        return _not_done("batch_norm_backward")
+    assert isinstance(got, tuple) and len(got) == 3, \
+        f"batch_norm_backward must return (gx, ggamma, gbeta), got {type(got).__name__}"
+    expected = _central_differences(lambda *a: _bn_forward(*a, eps), [x, gamma, beta], gy)
+    for name, g, e in zip(("gx", "ggamma", "gbeta"), got, expected):
+        _same_shape(name, g, e.shape)
+    for name, g, e in zip(("gx", "ggamma", "gbeta"), got, expected):
+        index = "image, channel, row, column" if name == "gx" else "channel"
+        try:
+            _first_difference(f"gradient {name} (index: {index})", g, e, rtol=1e-5, atol=1e-6)
+        except AssertionError as err:
+            held = gamma[:, None, None] * gy / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + eps)
+            hint = ("; this is the gradient with the batch mean and variance held constant: they"
+                    " depend on x too" if name == "gx" and np.allclose(g, held) else "")
+            raise AssertionError(f"{err}{hint}") from None
+    print("batch_norm_backward: gx, ggamma and gbeta match central differences")
+    return PASSED

@@ -75,6 +75,27 @@ def im2col_flipped(x, w, rate):
     return solution("02_atrous_convolution", "atrous_conv2d_im2col")(x, w[..., ::-1, ::-1], rate)
 
 
+def bn_statistics_held_constant(x, gamma, gy, eps):
+    gx, ggamma, gbeta = solution("04_batch_norm", "batch_norm_backward")(x, gamma, gy, eps)
+    return gamma[:, None, None] * gy / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + eps), \
+        ggamma, gbeta
+
+
+def bn_mean_path_only(x, gamma, gy, eps):
+    """Forgets that the variance depends on x."""
+    gx, ggamma, gbeta = solution("04_batch_norm", "batch_norm_backward")(x, gamma, gy, eps)
+    inv_std = 1 / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + eps)
+    return gamma[:, None, None] * inv_std * (gy - gy.mean(axis=(0, 2, 3), keepdims=True)), \
+        ggamma, gbeta
+
+
+def bn_gamma_summed_over_batch_only(x, gamma, gy, eps):
+    gx, _, gbeta = solution("04_batch_norm", "batch_norm_backward")(x, gamma, gy, eps)
+    xhat = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(
+        x.var(axis=(0, 2, 3), keepdims=True) + eps)
+    return gx, (gy * xhat).sum(axis=0), gbeta
+
+
 EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must say)]
     "sigmoid_backward": (checks.check_sigmoid_backward, "01_autograd", "Sigmoid", [
         (SigmoidWrongSign, "gradient check failed for input 0"),
@@ -86,6 +107,12 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (im2col_ignoring_rate, "output at rate 2 (index: image, channel, row, column) differs"),
         (im2col_padding_one, "shape: the output at rate 2 has shape (2, 4, 4, 3)"),
         (im2col_flipped, "output at rate 1"),
+    ]),
+    "batch_norm_backward": (checks.check_batch_norm_backward, "04_batch_norm",
+                            "batch_norm_backward", [
+        (bn_statistics_held_constant, "held constant: they depend on x too"),
+        (bn_mean_path_only, "value: gradient gx (index: image, channel, row, column) differs"),
+        (bn_gamma_summed_over_batch_only, "shape: ggamma has shape (3, 3, 2), expected (3,)"),
     ]),
 }
 
