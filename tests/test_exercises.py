@@ -137,3 +137,22 @@ def test_wrong_solution_fails(exercise, wrong):
     fn, message = wrongs[wrong]
     with pytest.raises(AssertionError, match=re.escape(message)):
         grader(fn)
+
+
+def test_every_exercise_is_graded_and_tested():
+    """Each notebook's stub cell is followed by the check cell of its grader, and every grader of
+    lessons/checks.py is among EXERCISES (so none goes untested on wrong solutions)."""
+    in_notebooks = set()
+    for path in sorted(LESSONS.glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        for cell, after in zip(cells, cells[1:]):
+            if "exercise-stub" in cell.metadata.get("tags", []):
+                found = [e for e, (grader, lesson, name, _) in EXERCISES.items()
+                         if lesson == path.stem and f"{grader.__name__}({name})" in after.source]
+                assert found, f"{path.name}: no check cell of EXERCISES follows the stub " \
+                              f"{cell.source.splitlines()[0]!r}"
+                in_notebooks.update(found)
+    assert in_notebooks == set(EXERCISES), f"not in a notebook: {set(EXERCISES) - in_notebooks}"
+    graders = {n for n, f in vars(checks).items()
+               if n.startswith("check_") and getattr(f, "__module__", None) == checks.__name__}
+    assert graders == {spec[0].__name__ for spec in EXERCISES.values()}
