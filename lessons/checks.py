@@ -148,3 +148,43 @@ def check_batch_norm_backward(batch_norm_backward):
             raise AssertionError(f"{err}{hint}") from None
     print("batch_norm_backward: gx, ggamma and gbeta match central differences")
     return PASSED
+
+
+def _depthwise_reference(x, w, rate, tiled=False):
+    """Output channel ``o`` is SciPy's correlation ("same" size) of input channel ``o // m``
+    (``o % C`` if ``tiled``, the wrong order) with filter ``o``, zero-inserted: one channel at a
+    time, no channel ever mixed in."""
+    c, m = x.shape[1], w.shape[0] // x.shape[1]
+    wd = _zero_inserted(w[:, 0], rate)
+    return np.array([[scipy.signal.correlate(xn[o % c if tiled else o // m], wd[o], mode="same")
+                      for o in range(w.shape[0])] for xn in x])
+
+
+def check_depthwise_conv(depthwise_conv2d):
+    """Lesson 3: a depthwise convolution (stride 1, "same" size) with channel multiplier ``m``:
+    ``w`` is ``(C * m, 1, k, k)`` and output channel ``o`` reads input channel ``o // m``, against
+    SciPy per channel at rates 1, 2 and 5 and multipliers 1 and 2."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    right = []
+    for m in (1, 2):
+        w = rng.standard_normal((3 * m, 1, 3, 3))
+        for rate in (1, 2, 5):
+            y = _attempt(depthwise_conv2d, x, w, rate)
+            if y is None:
+                return _not_done("depthwise_conv2d")
+            expected = _depthwise_reference(x, w, rate)
+            what = f"the output at rate {rate}, multiplier {m}"
+            _same_shape(what, y, expected.shape)
+            try:
+                _first_difference(f"{what} (index: image, channel, row, column)", y, expected)
+            except AssertionError as e:
+                hint = ""
+                if m > 1 and np.allclose(y, _depthwise_reference(x, w, rate, tiled=True)):
+                    hint = "; output channel o reads input channel o // m, not o % C"
+                elif right:
+                    hint = f"; right at (rate, multiplier) {right}"
+                raise AssertionError(f"{e}{hint}") from None
+            right.append((rate, m))
+    print("depthwise_conv2d: matches SciPy per channel at (rate, multiplier)", right)
+    return PASSED

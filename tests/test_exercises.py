@@ -75,6 +75,22 @@ def im2col_flipped(x, w, rate):
     return solution("02_atrous_convolution", "atrous_conv2d_im2col")(x, w[..., ::-1, ::-1], rate)
 
 
+def depthwise_ignoring_rate(x, w, rate):
+    return solution("03_separable_convolution", "depthwise_conv2d")(x, w, 1)
+
+
+def depthwise_mixing_channels(x, w, rate):
+    """Every output channel reads the sum of all input channels (a dense conv's habit)."""
+    mixed = np.repeat(x.sum(axis=1, keepdims=True), x.shape[1], axis=1)
+    return solution("03_separable_convolution", "depthwise_conv2d")(mixed, w, rate)
+
+
+def depthwise_multiplier_tiled(x, w, rate):
+    """Output channel o reads input channel o % C (np.tile) instead of o // m."""
+    tiled = np.tile(x, (1, len(w) // x.shape[1], 1, 1))  # channel o is x's channel o % C
+    return solution("03_separable_convolution", "depthwise_conv2d")(tiled, w, rate)
+
+
 def bn_statistics_held_constant(x, gamma, gy, eps):
     gx, ggamma, gbeta = solution("04_batch_norm", "batch_norm_backward")(x, gamma, gy, eps)
     return gamma[:, None, None] * gy / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + eps), \
@@ -107,6 +123,12 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (im2col_ignoring_rate, "output at rate 2 (index: image, channel, row, column) differs"),
         (im2col_padding_one, "shape: the output at rate 2 has shape (2, 4, 4, 3)"),
         (im2col_flipped, "output at rate 1"),
+    ]),
+    "depthwise_conv": (checks.check_depthwise_conv, "03_separable_convolution",
+                       "depthwise_conv2d", [
+        (depthwise_mixing_channels, "the output at rate 1, multiplier 1 (index: image, channel"),
+        (depthwise_ignoring_rate, "right at (rate, multiplier) [(1, 1)]"),
+        (depthwise_multiplier_tiled, "output channel o reads input channel o // m, not o % C"),
     ]),
     "batch_norm_backward": (checks.check_batch_norm_backward, "04_batch_norm",
                             "batch_norm_backward", [
