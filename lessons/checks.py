@@ -188,3 +188,49 @@ def check_depthwise_conv(depthwise_conv2d):
             right.append((rate, m))
     print("depthwise_conv2d: matches SciPy per channel at (rate, multiplier)", right)
     return PASSED
+
+
+# Stem stride, unit names and (stride, rate) per unit at output stride 32 (the design strides),
+# 16 and 8, written out by hand, not computed by any walk over the units. Xception-65 (DeepLabv3+
+# Fig. 4): a stride-2 stem, entry blocks of stride 2, 16 middle blocks, exit block 1 of stride 2.
+# ResNet-101 (He et al. Table 1; TF-slim's resnet_v1 puts a block's stride on its last unit):
+# stem stride 4 (conv1 + max pool), blocks of 3, 4, 23 and 3 units, block 4 of stride 1.
+_S2, _S1 = (2, 1), (1, 1)
+_XCEPTION_UNITS = ([f"entry block {i}" for i in (1, 2, 3)]
+                   + [f"middle block {i}" for i in range(1, 17)] + ["exit block 1", "exit block 2"])
+_OUTPUT_STRIDE_TABLES = {
+    "Xception-65": (2, _XCEPTION_UNITS, {
+        32: [_S2] * 3 + [_S1] * 16 + [_S2, _S1],
+        16: [_S2] * 3 + [_S1] * 16 + [_S1, (1, 2)],
+        8: [_S2] * 2 + [_S1] + [(1, 2)] * 16 + [(1, 2), (1, 4)],
+    }),
+    "ResNet-101": (4, [f"block {b} unit {u}" for b, n in enumerate((3, 4, 23, 3), 1)
+                       for u in range(1, n + 1)], {
+        32: [_S1] * 2 + [_S2] + [_S1] * 3 + [_S2] + [_S1] * 22 + [_S2] + [_S1] * 3,
+        16: [_S1] * 2 + [_S2] + [_S1] * 3 + [_S2] + [_S1] * 23 + [(1, 2)] * 3,
+        8: [_S1] * 2 + [_S2] + [_S1] * 4 + [(1, 2)] * 23 + [(1, 4)] * 3,
+    }),
+}
+
+
+def check_output_stride_plan(output_stride_plan):
+    """Lesson 7: TF-slim's ``stack_blocks_dense`` arithmetic, ``output_stride_plan(stem_stride,
+    design_strides, output_stride)`` -> one ``(stride, rate)`` per unit, against hand-written
+    tables of Xception-65 and ResNet-101 at output strides 32, 16 and 8."""
+    for net, (stem, names, table) in _OUTPUT_STRIDE_TABLES.items():
+        design = [s for s, _ in table[32]]
+        for output_stride, expected in table.items():
+            got = _attempt(output_stride_plan, stem, design, output_stride)
+            if got is None:
+                return _not_done("output_stride_plan")
+            where = f"{net} at output stride {output_stride}"
+            assert len(got) == len(expected), \
+                f"{where}: {len(got)} (stride, rate) pairs for {len(expected)} units"
+            for k, (g, e, name) in enumerate(zip(got, expected, names)):
+                g = tuple(int(v) for v in g)
+                assert g == e, (f"{where}: unit {k + 1} ({name}) has (stride, rate) {g}, "
+                                f"expected {e}")
+    print("output_stride_plan: matches the hand tables of Xception-65 and ResNet-101 at output "
+          "strides 32, 16 and 8")
+    return PASSED
+

@@ -91,6 +91,35 @@ def depthwise_multiplier_tiled(x, w, rate):
     return solution("03_separable_convolution", "depthwise_conv2d")(tiled, w, rate)
 
 
+def plan_rates_not_multiplied(stem_stride, design_strides, output_stride):
+    """Drops the strides past the output stride without widening the later filters."""
+    current, plan = stem_stride, []
+    for s in design_strides:
+        plan.append((1, 1) if current == output_stride else (s, 1))
+        current *= 1 if current == output_stride else s
+    return plan
+
+
+def plan_stride_kept(stem_stride, design_strides, output_stride):
+    """Multiplies the rates but keeps every unit's design stride."""
+    plan = solution("07_xception_output_stride", "output_stride_plan")(
+        stem_stride, design_strides, output_stride)
+    return [(s, r) for s, (_, r) in zip(design_strides, plan)]
+
+
+def plan_rate_one_unit_early(stem_stride, design_strides, output_stride):
+    """Widens the rate before configuring the unit that gives up its stride."""
+    current, rate, plan = stem_stride, 1, []
+    for s in design_strides:
+        if current == output_stride:
+            rate *= s
+            plan.append((1, rate))
+        else:
+            plan.append((s, rate))
+            current *= s
+    return plan
+
+
 def bn_statistics_held_constant(x, gamma, gy, eps):
     gx, ggamma, gbeta = solution("04_batch_norm", "batch_norm_backward")(x, gamma, gy, eps)
     return gamma[:, None, None] * gy / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + eps), \
@@ -129,6 +158,15 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (depthwise_mixing_channels, "the output at rate 1, multiplier 1 (index: image, channel"),
         (depthwise_ignoring_rate, "right at (rate, multiplier) [(1, 1)]"),
         (depthwise_multiplier_tiled, "output channel o reads input channel o // m, not o % C"),
+    ]),
+    "output_stride_plan": (checks.check_output_stride_plan, "07_xception_output_stride",
+                           "output_stride_plan", [
+        (plan_rates_not_multiplied, "Xception-65 at output stride 16: unit 21 (exit block 2) has "
+                                    "(stride, rate) (1, 1), expected (1, 2)"),
+        (plan_stride_kept, "Xception-65 at output stride 16: unit 20 (exit block 1) has "
+                           "(stride, rate) (2, 1), expected (1, 1)"),
+        (plan_rate_one_unit_early, "Xception-65 at output stride 16: unit 20 (exit block 1) has "
+                                   "(stride, rate) (1, 2), expected (1, 1)"),
     ]),
     "batch_norm_backward": (checks.check_batch_norm_backward, "04_batch_norm",
                             "batch_norm_backward", [
