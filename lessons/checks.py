@@ -7,11 +7,16 @@ prints that and returns, so the notebook runs to the end. A wrong answer raises 
 the diagnosis; a right one prints what was checked. Every grader returns ``NOT_DONE`` or ``PASSED``
 (tests/test_exercises.py runs each on the stub, the reference solution and wrong solutions).
 """
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import scipy.signal
 
 import minideeplab as mdl
+from minideeplab.emu import runner
 from minideeplab.gradcheck import check_backward
+from minideeplab.kernels import BLOCK, launch
 
 NOT_DONE, PASSED = "not done yet", "passed"
 
@@ -234,3 +239,46 @@ def check_output_stride_plan(output_stride_plan):
           "strides 32, 16 and 8")
     return PASSED
 
+
+def _run_on_emu(path, kernel, args, **grid):
+    """``kernels.launch`` on ``emu`` in checking mode, its failures as AssertionErrors."""
+    try:
+        with runner.check_mode():
+            launch(mdl.get_device("emu"), path, kernel, args, **grid)
+    except runner.KernelError as e:  # a read or write past an array, a deadlock
+        raise AssertionError(f"the kernel failed on emu in checking mode: {e}") from None
+    except RuntimeError as e:  # g++'s errors
+        raise AssertionError(f"compile: {e}") from None
+    except (LookupError, TypeError, ValueError) as e:  # no such kernel, wrong parameters
+        raise AssertionError(f"launch: {e}") from None
+
+
+def check_scale_shift_kernel(source):
+    """Lesson 9: CUDA source defining ``scale_shift_forward(const real* x, const real* s, const
+    real* b, real* y, int C, int L, int n)``, y = x * s[c] + b[c] on contiguous (N, C, L) arrays,
+    compiled and run on ``emu`` in checking mode, against NumPy: with the grid of ``n`` elements,
+    then with one block for more than ``BLOCK`` elements (the grid-stride loop)."""
+    if source is None:
+        return _not_done("scale_shift_forward")
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "scale_shift.cu"
+        path.write_text(source)
+        for shape, grid in (((2, 3, 5, 7), {}), ((2, 3, 9, 11), {"grid": 1})):
+            x, s, b = (rng.standard_normal(shape), rng.standard_normal(shape[1]),
+                       rng.standard_normal(shape[1]))
+            y = np.full(shape, np.nan)  # an element never written stays NaN
+            n, (c, length) = x.size, (shape[1], shape[2] * shape[3])
+            _run_on_emu(path, "scale_shift_forward", (x, s, b, y, c, length, n),
+                        **(grid or {"n": n}))
+            launched = ("one block of BLOCK threads" if grid else "a grid of n elements")
+            try:
+                _first_difference(f"y on {shape} with {launched} (index: image, channel, row, "
+                                  f"column)", y, x * s[:, None, None] + b[:, None, None])
+            except AssertionError as e:
+                hint = (f"; only the first {BLOCK} were written: a grid-stride loop covers any "
+                        f"size with any grid" if grid and np.isnan(y).sum() == n - BLOCK else "")
+                raise AssertionError(f"{e}{hint}") from None
+    print("scale_shift_forward: matches NumPy on emu in checking mode, with a grid of n elements "
+          f"and with one block of {BLOCK} threads for {2 * 3 * 9 * 11} elements")
+    return PASSED

@@ -120,6 +120,12 @@ def plan_rate_one_unit_early(stem_stride, design_strides, output_stride):
     return plan
 
 
+SCALE_SHIFT = solution("09_cuda_kernel", "SCALE_SHIFT")
+SCALE_SHIFT_OUT_OF_BOUNDS = SCALE_SHIFT.replace("s[c] + b[c]", "s[i / L] + b[c]")  # no % C
+SCALE_SHIFT_WRONG_INDEX = SCALE_SHIFT.replace("s[c] + b[c]", "s[c] + b[i % C]")
+SCALE_SHIFT_ONE_PASS = SCALE_SHIFT.replace("i += stride", "i += n")  # no grid-stride loop
+
+
 def bn_statistics_held_constant(x, gamma, gy, eps):
     gx, ggamma, gbeta = solution("04_batch_norm", "batch_norm_backward")(x, gamma, gy, eps)
     return gamma[:, None, None] * gy / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + eps), \
@@ -167,6 +173,14 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
                            "(stride, rate) (2, 1), expected (1, 1)"),
         (plan_rate_one_unit_early, "Xception-65 at output stride 16: unit 20 (exit block 1) has "
                                    "(stride, rate) (1, 2), expected (1, 1)"),
+    ]),
+    "scale_shift_kernel": (checks.check_scale_shift_kernel, "09_cuda_kernel", "SCALE_SHIFT", [
+        (SCALE_SHIFT_OUT_OF_BOUNDS, "the kernel failed on emu in checking mode: kernel "
+                                    "scale_shift_forward: out-of-bounds access to argument 's'"),
+        (SCALE_SHIFT_WRONG_INDEX, "y on (2, 3, 5, 7) with a grid of n elements (index: image, "
+                                  "channel, row, column) differs at 140 of 210 entries; first at "
+                                  "index (0, 0, 0, 1)"),
+        (SCALE_SHIFT_ONE_PASS, "only the first 256 were written: a grid-stride loop"),
     ]),
     "batch_norm_backward": (checks.check_batch_norm_backward, "04_batch_norm",
                             "batch_norm_backward", [
