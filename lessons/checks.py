@@ -282,3 +282,59 @@ def check_scale_shift_kernel(source):
     print("scale_shift_forward: matches NumPy on emu in checking mode, with a grid of n elements "
           f"and with one block of {BLOCK} threads for {2 * 3 * 9 * 11} elements")
     return PASSED
+
+
+def _relu(z):
+    return np.maximum(z, 0)
+
+
+def _aspp_branches(x, w_pool, w_1x1, w_atrous, rates):
+    """The five branch outputs in NumPy: einsum for the 1x1 convs, SciPy for the atrous ones,
+    the image pooling's vector repeated at every pixel."""
+    pooled = _relu(np.einsum("oc,nc->no", w_pool[:, :, 0, 0], x.mean(axis=(2, 3))))
+    return ([np.broadcast_to(pooled[:, :, None, None], (len(x), len(w_pool)) + x.shape[2:]),
+             _relu(np.einsum("oc,nchw->nohw", w_1x1[:, :, 0, 0], x))]
+            + [_relu(_atrous_reference(x, w, r)) for w, r in zip(w_atrous, rates)])
+
+
+def check_aspp(aspp_forward):
+    """Lesson 5: ASPP without BN from the functional ops, ``aspp_forward(x, w_pool, w_1x1,
+    w_atrous, w_project, rates)`` -> Tensor, against the branches computed in NumPy and SciPy,
+    then its gradient with respect to ``x`` by ``check_backward`` (it must stay one graph)."""
+    rng = np.random.default_rng(0)
+    rates = (2, 3, 9)  # 9: wider than the 7x6 map, only the centre tap reads it
+    # Channel means far from 0, so that the image pooling's ReLU lets its vector (and its
+    # gradient) through: a pooled branch of zeros would hide every mistake in it.
+    x = rng.standard_normal((2, 3, 7, 6)) + np.array([1.0, -1.0, 0.5])[:, None, None]
+    w_pool, w_1x1 = rng.standard_normal((2, 3, 1, 1)), rng.standard_normal((2, 3, 1, 1))
+    w_atrous = [rng.standard_normal((2, 3, 3, 3)) for _ in rates]
+    w_project = rng.standard_normal((2, 10, 1, 1))
+    weights = [mdl.Tensor(w_pool), mdl.Tensor(w_1x1), [mdl.Tensor(w) for w in w_atrous],
+               mdl.Tensor(w_project)]
+    y = _attempt(aspp_forward, mdl.Tensor(x), *weights, rates)
+    if y is None:
+        return _not_done("aspp_forward")
+    assert isinstance(y, mdl.Tensor), \
+        f"aspp_forward must return a Tensor (from the functional ops), got {type(y).__name__}"
+    branches = _aspp_branches(x, w_pool, w_1x1, w_atrous, rates)
+
+    def project(parts):
+        return _relu(np.einsum("oc,nchw->nohw", w_project[:, :, 0, 0], np.concatenate(parts, 1)))
+
+    expected = project(branches)
+    _same_shape("the output", y.numpy(), expected.shape)
+    try:
+        _first_difference("the output (index: image, channel, row, column)", y.numpy(), expected)
+    except AssertionError as e:
+        hint = ("; the branches go in the official order: image pooling, 1x1, then the rates"
+                if np.allclose(y.numpy(), project(branches[1:] + branches[:1])) else "")
+        raise AssertionError(f"{e}{hint}") from None
+    try:
+        check_backward(lambda t: aspp_forward(t, *weights, rates), [x])
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the values are right, so some step left the graph: every step "
+                             "must be a functional op on Tensors, not a detour through NumPy") \
+            from None
+    print(f"aspp_forward: matches NumPy and SciPy at rates {rates}, and its gradient with respect "
+          "to x matches central differences")
+    return PASSED

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import minideeplab as mdl
+import minideeplab.functional as F
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 sys.path.insert(0, str(LESSONS))
@@ -21,7 +22,7 @@ import checks  # noqa: E402  (lessons/checks.py, which the notebooks import from
 def stub(lesson, name):
     """``name`` as the notebook ships it: the source of its cell tagged ``exercise-stub``."""
     nb = nbformat.read(LESSONS / f"{lesson}.ipynb", as_version=4)
-    scope = {"np": np, "mdl": mdl}
+    scope = {"np": np, "mdl": mdl, "F": F}
     for cell in nb.cells:
         if "exercise-stub" in cell.metadata.get("tags", []) and name in cell.source:
             exec(cell.source, scope)
@@ -89,6 +90,33 @@ def depthwise_multiplier_tiled(x, w, rate):
     """Output channel o reads input channel o % C (np.tile) instead of o // m."""
     tiled = np.tile(x, (1, len(w) // x.shape[1], 1, 1))  # channel o is x's channel o % C
     return solution("03_separable_convolution", "depthwise_conv2d")(tiled, w, rate)
+
+
+def _aspp_branches(x, w_pool, w_1x1, w_atrous, rates, pooled=None):
+    pooled = F.relu(F.conv2d(F.global_avg_pool(x), w_pool)) if pooled is None else pooled
+    return [F.resize_bilinear(pooled, x.shape[2:], align_corners=True),
+            F.relu(F.conv2d(x, w_1x1))] + [F.relu(F.atrous_conv2d(x, w, rate=r))
+                                           for w, r in zip(w_atrous, rates)]
+
+
+def aspp_pooling_last(x, w_pool, w_1x1, w_atrous, w_project, rates):
+    branches = _aspp_branches(x, w_pool, w_1x1, w_atrous, rates)
+    return F.relu(F.conv2d(F.concat(branches[1:] + branches[:1], axis=1), w_project))
+
+
+def aspp_branches_without_relu(x, w_pool, w_1x1, w_atrous, w_project, rates):
+    branches = [F.resize_bilinear(F.conv2d(F.global_avg_pool(x), w_pool), x.shape[2:]),
+                F.conv2d(x, w_1x1)] + [F.atrous_conv2d(x, w, rate=r)
+                                       for w, r in zip(w_atrous, rates)]
+    return F.relu(F.conv2d(F.concat(branches, axis=1), w_project))
+
+
+def aspp_pooling_in_numpy(x, w_pool, w_1x1, w_atrous, w_project, rates):
+    """The right numbers, but the mean taken in NumPy: no gradient flows through the pooling."""
+    mean = mdl.Tensor(x.numpy().mean(axis=(2, 3), keepdims=True))
+    branches = _aspp_branches(x, w_pool, w_1x1, w_atrous, rates,
+                              pooled=F.relu(F.conv2d(mean, w_pool)))
+    return F.relu(F.conv2d(F.concat(branches, axis=1), w_project))
 
 
 def plan_rates_not_multiplied(stem_stride, design_strides, output_stride):
@@ -164,6 +192,12 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (depthwise_mixing_channels, "the output at rate 1, multiplier 1 (index: image, channel"),
         (depthwise_ignoring_rate, "right at (rate, multiplier) [(1, 1)]"),
         (depthwise_multiplier_tiled, "output channel o reads input channel o // m, not o % C"),
+    ]),
+    "aspp": (checks.check_aspp, "05_aspp", "aspp_forward", [
+        (aspp_pooling_last, "the branches go in the official order: image pooling, 1x1"),
+        (aspp_branches_without_relu, "value: the output (index: image, channel, row, column) "
+                                     "differs"),
+        (aspp_pooling_in_numpy, "some step left the graph"),
     ]),
     "output_stride_plan": (checks.check_output_stride_plan, "07_xception_output_stride",
                            "output_stride_plan", [
