@@ -1,6 +1,7 @@
 """Graders for the lessons' exercises: each takes the learner's code and checks it against an
-independent reference (central differences, SciPy), saying what is wrong (shape, value, gradient,
-index) instead of just that it failed.
+independent reference (central differences, SciPy, tables written by hand; a learner's kernel is
+first run on ``emu`` in checking mode), saying what is wrong (shape, value, gradient, index, the
+emulator's error) instead of just that it failed.
 
 A stub as shipped (raises ``NotImplementedError`` or returns None) is "not done yet": the grader
 prints that and returns, so the notebook runs to the end. A wrong answer raises AssertionError with
