@@ -66,7 +66,7 @@ class KernelDevice(Device):
 
     def build(self, source):
         """``source`` (a ``loader.Source``) compiled for this device: a ``loader.Module``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.build is abstract")
 
     def build_target(self):
         """What a built module serves besides its source and dtype: this device."""

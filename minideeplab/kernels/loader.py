@@ -306,7 +306,7 @@ class Module:
         return True  # CuPy arrays have no read-only flag
 
     def _call(self, kernel, grid, block, values):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}._call is abstract")
 
 
 _modules = {}  # (family as given, dtype, device.build_target()) -> Module
