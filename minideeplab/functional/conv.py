@@ -142,6 +142,7 @@ class Conv2d(_Conv):
         g = self.g
         shape = (g.N, g.groups, g.C // g.groups * _n_taps(g, self.live), g.Ho * g.Wo)
         self.cols = x.reshape(shape) if _is_pointwise(g) else self._im2col_cpu(x, shape)
+        self.pooled = None if _is_pointwise(g) else self.cols  # BUFFERS takes it back in release
         self.w = self._gemm_weight(w)
         y = np.matmul(self.w, self.cols)
         return self._add_bias(y.reshape(g.N, g.Cout, g.Ho, g.Wo), b)
@@ -176,8 +177,8 @@ class Conv2d(_Conv):
         return gx, gw, gb
 
     def release(self):
-        if not self.dev.uses_kernels and not _is_pointwise(self.g):
-            BUFFERS.give(self.cols)  # the backward is done with the columns
+        if getattr(self, "pooled", None) is not None:
+            BUFFERS.give(self.pooled)  # the backward is done with the columns
         super().release()
 
     def forward_kernel(self, x, w, b=None):

@@ -32,24 +32,21 @@ class SoftmaxCrossEntropy(Function):
         self.ignore, self.checked = int(ignore_index), checked
 
     def check(self, logits, labels):
-        xp = self.dev.xp
         N, C = logits.shape[:2] if logits.ndim == 4 else (0, 0)
         if (logits.ndim != 4 or C < 1 or labels.shape != (N,) + logits.shape[2:]
                 or labels.dtype.kind not in "iu"):
             raise ValueError(f"softmax_cross_entropy: logits must be (N, C, H, W) with C >= 1 "
                              f"classes and labels integer (N, H, W), got {logits.shape} and "
                              f"{labels.dtype} {labels.shape}")
-        # The kernel path checks device labels only where every launch is checked (the tests):
-        # a step must not wait for the GPU. Unchecked, the kernels give a label outside [0, C)
-        # a NaN loss and gradient, which the loss, read after the update, shows (loss.cu).
-        if self.checked or (self.dev.uses_kernels and not full_checks()):
-            self.valid = labels != self.ignore
-        else:
-            self.valid = check_labels(labels, C, self.ignore)
-        self.count = xp.maximum(xp.count_nonzero(self.valid), 1)  # all ignored: 0 / 1, not NaN
+    def _count(self, labels, num_classes, check):
+        """The valid pixels (labels checked when ``check``) and their count."""
+        self.valid = (check_labels(labels, num_classes, self.ignore) if check
+                      else labels != self.ignore)
+        self.count = self.dev.xp.maximum(self.dev.xp.count_nonzero(self.valid), 1)  # 0 / 1, not NaN
 
     def forward_cpu(self, logits, labels):
         xp, (N, C) = self.dev.xp, logits.shape[:2]
+        self._count(labels, C, not self.checked)
         logits = xp.ascontiguousarray(logits)  # indexed as flat C-order memory (self.pick)
         z = logits - logits.max(axis=1, keepdims=True)  # max-subtracted: exp never overflows
         self.p = xp.exp(z)
@@ -66,6 +63,10 @@ class SoftmaxCrossEntropy(Function):
         return (0 - logp.sum()) / self.count.astype(logits.dtype)
 
     def forward_kernel(self, logits, labels):
+        # Device labels are checked only where every launch is checked (the tests): a step must
+        # not wait for the GPU. Unchecked, the kernels give a label outside [0, C) a NaN loss and
+        # gradient, which the loss, read after the update, shows (loss.cu).
+        self._count(labels, logits.shape[1], not self.checked and full_checks())
         xp = self.dev.xp
         self.labels = labels.astype(xp.int32, copy=False)
         self.p, loss = xp.empty(logits.shape, logits.dtype), xp.empty(labels.shape, logits.dtype)
