@@ -44,6 +44,30 @@ extern "C" __global__ void bn_moments(const real* x, const real* centre, real co
   }
 }
 
+// Channel c's batch statistics from sums about a centre k: s1 = sum(x - k), s2 = the sum of
+// squared deviations about k + s1 / M, over M values (both training statistics kernels). mean =
+// k + s1 / M, the biased var = s2 / M - (s1 / M)^2 clamped at 0 (NaN kept); the running
+// statistics move towards mean and the unbiased var, r = (1 - momentum) r + momentum stat.
+__device__ void bn_batch_statistics(int c, int M, real centre, real s1, real s2,
+                                    real* running_mean, real* running_var, real momentum,
+                                    real* mean, real* var) {
+  const real count = M, d = s1 / count, v = s2 / count - d * d;
+  *mean = centre + d;
+  *var = v < (real)0 ? (real)0 : v;
+  running_mean[c] = running_mean[c] * ((real)1 - momentum) + momentum * *mean;
+  running_var[c] = running_var[c] * ((real)1 - momentum) +
+                   momentum * (*var * (count / (real)(M - 1)));
+}
+
+// stats = (mean, invstd, scale), (3, C): invstd = 1 / sqrt(var + eps), scale = gamma * invstd.
+__device__ void bn_write_stats(int c, int C, real mean, real var, const real* gamma, real eps,
+                               real* stats) {
+  const real invstd = (real)1 / sqrt(var + eps);
+  stats[c] = mean;
+  stats[C + c] = invstd;
+  stats[2 * C + c] = gamma[c] * invstd;
+}
+
 // One thread: channels c, c + stride, ... (grid-stride) of the forward's per-channel numbers,
 // stats = (mean, invstd, scale): (3, C), invstd = 1 / sqrt(var + eps), scale = gamma * invstd.
 // Training: mean0 = sum / M and moments = bn_moments' (s1, s2) about it give the corrected
@@ -60,18 +84,10 @@ extern "C" __global__ void bn_statistics(const real* sum, const real* moments, c
   const int stride = gridDim.x * blockDim.x;
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += stride) {
     real mean = running_mean[c], var = running_var[c];
-    if (training) {
-      const real count = M, d = moments[c] / count, v = moments[C + c] / count - d * d;
-      mean = sum[c] / count + d;
-      var = v < (real)0 ? (real)0 : v;
-      running_mean[c] = running_mean[c] * ((real)1 - momentum) + momentum * mean;
-      running_var[c] = running_var[c] * ((real)1 - momentum) +
-                       momentum * (var * (count / (real)(M - 1)));
-    }
-    const real invstd = (real)1 / sqrt(var + eps);
-    stats[c] = mean;
-    stats[C + c] = invstd;
-    stats[2 * C + c] = gamma[c] * invstd;
+    if (training)
+      bn_batch_statistics(c, M, sum[c] / (real)M, moments[c], moments[C + c], running_mean,
+                          running_var, momentum, &mean, &var);
+    bn_write_stats(c, C, mean, var, gamma, eps, stats);
   }
 }
 
@@ -184,15 +200,9 @@ extern "C" __global__ void bn_split_statistics(const real* partial, const real* 
       s1 += partial[c * B + b];
       s2 += partial[(C + c) * B + b];
     }
-    const real count = M, d = s1 / count, v = s2 / count - d * d;
-    const real mean = x[c * L] + d, var = v < (real)0 ? (real)0 : v;
-    running_mean[c] = running_mean[c] * ((real)1 - momentum) + momentum * mean;
-    running_var[c] = running_var[c] * ((real)1 - momentum) +
-                     momentum * (var * (count / (real)(M - 1)));
-    const real invstd = (real)1 / sqrt(var + eps);
-    stats[c] = mean;
-    stats[C + c] = invstd;
-    stats[2 * C + c] = gamma[c] * invstd;
+    real mean, var;
+    bn_batch_statistics(c, M, x[c * L], s1, s2, running_mean, running_var, momentum, &mean, &var);
+    bn_write_stats(c, C, mean, var, gamma, eps, stats);
   }
 }
 
