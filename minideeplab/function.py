@@ -67,10 +67,12 @@ class Op:
         nothing by default."""
 
     def forward_cpu(self, *xs):
-        raise _missing(self, "forward_cpu")
+        raise NotImplementedError(f"{type(self).__name__}.forward_cpu is abstract: implement "
+                                  "it, or forward for every device")
 
     def forward_kernel(self, *xs):
-        raise _missing(self, "forward_kernel")
+        raise NotImplementedError(f"{type(self).__name__}.forward_kernel is abstract: implement "
+                                  "it, or forward for every device")
 
 
 class Function(Op):
@@ -123,10 +125,12 @@ class Function(Op):
         return self.backward_kernel(*gys) if self.dev.uses_kernels else self.backward_cpu(*gys)
 
     def backward_cpu(self, *gys):
-        raise _missing(self, "backward_cpu")
+        raise NotImplementedError(f"{type(self).__name__}.backward_cpu is abstract: implement "
+                                  "it, or backward for every device")
 
     def backward_kernel(self, *gys):
-        raise _missing(self, "backward_kernel")
+        raise NotImplementedError(f"{type(self).__name__}.backward_kernel is abstract: implement "
+                                  "it, or backward for every device")
 
 
 def _edge(x):
@@ -137,8 +141,3 @@ def _edge(x):
         return None
     return x if x.creator is None else (x.creator, x.output_index)
 
-
-def _missing(op, path):
-    """The error of an op that implements neither ``forward`` (``backward``) nor ``path``."""
-    return NotImplementedError(f"{type(op).__name__} implements neither {path.split('_')[0]} "
-                               f"nor {path}")
