@@ -225,6 +225,20 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
 }
 
 
+def graded_stubs(cells, lesson):
+    """[(index of a stub cell, its exercise in EXERCISES)] of a lesson's notebook cells; an
+    AssertionError if a stub is not followed by the check cell of an exercise of EXERCISES."""
+    found = []
+    for i, (cell, after) in enumerate(zip(cells, cells[1:])):
+        if "exercise-stub" in cell.metadata.get("tags", []):
+            graded = [e for e, (grader, stem, name, _) in EXERCISES.items()
+                      if stem == lesson and f"{grader.__name__}({name})" in after.source]
+            assert len(graded) == 1, f"{lesson}.ipynb: no check cell of EXERCISES follows the " \
+                                     f"stub {cell.source.splitlines()[0]!r}"
+            found.append((i, graded[0]))
+    return found
+
+
 @pytest.mark.parametrize("exercise", EXERCISES)
 def test_stub_is_not_done(exercise, capsys):
     grader, lesson, name, _ = EXERCISES[exercise]
@@ -252,14 +266,8 @@ def test_every_exercise_is_graded_and_tested():
     lessons/checks.py is among EXERCISES (so none goes untested on wrong solutions)."""
     in_notebooks = set()
     for path in sorted(LESSONS.glob("*.ipynb")):
-        cells = nbformat.read(path, as_version=4).cells
-        for cell, after in zip(cells, cells[1:]):
-            if "exercise-stub" in cell.metadata.get("tags", []):
-                found = [e for e, (grader, lesson, name, _) in EXERCISES.items()
-                         if lesson == path.stem and f"{grader.__name__}({name})" in after.source]
-                assert found, f"{path.name}: no check cell of EXERCISES follows the stub " \
-                              f"{cell.source.splitlines()[0]!r}"
-                in_notebooks.update(found)
+        in_notebooks.update(e for _, e in graded_stubs(nbformat.read(path, as_version=4).cells,
+                                                       path.stem))
     assert in_notebooks == set(EXERCISES), f"not in a notebook: {set(EXERCISES) - in_notebooks}"
     graders = {n for n, f in vars(checks).items()
                if n.startswith("check_") and getattr(f, "__module__", None) == checks.__name__}
