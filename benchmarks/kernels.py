@@ -46,7 +46,7 @@ import minideeplab.functional as F  # noqa: E402
 import minideeplab.functional.conv as conv  # noqa: E402
 import minideeplab.functional.resize as resize  # noqa: E402
 from minideeplab.functional.norm import splits  # noqa: E402
-from minideeplab.kernels import MAX_GRID, launch  # noqa: E402
+from minideeplab.kernels import BLOCK, MACROS, MAX_GRID, launch  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     LaunchLog, blas_threads, conv_flops, copy_bandwidth, default_json_path, device_info,
     gemm_gflops, gpu_available, nbytes, report, synchronize, timer, write_json)
@@ -491,6 +491,23 @@ def depthwise_loads(n, c, hw, rate, stride=1, edit=None):
     for a, b in zip(got, want + want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     return {k: v / out for k, v in counts.items()}
+
+
+@contextlib.contextmanager
+def tile_width(tw):
+    """Inside, the tiled depthwise kernels' tiles are ``tw`` columns wide on the host
+    (``conv.DW_TW``, ``conv.DW_TY``) and in the modules built from then on (``kernels.MACROS``,
+    handed to the compiler); the old width is back afterwards. The loader keeps the modules it
+    built before, so use it around ``depthwise_loads``, whose copies of conv.cu are built afresh.
+    Lesson 10's exercise writes the same, as ``with_tile_width``."""
+    if tw <= 0 or BLOCK % tw:
+        raise ValueError(f"a tile width must divide BLOCK = {BLOCK}, got {tw}")
+    saved = MACROS["DW_TW"], conv.DW_TW, conv.DW_TY
+    MACROS["DW_TW"], conv.DW_TW, conv.DW_TY = tw, tw, BLOCK // tw
+    try:
+        yield
+    finally:
+        MACROS["DW_TW"], conv.DW_TW, conv.DW_TY = saved
 
 
 def loads_table(quick):

@@ -15,9 +15,12 @@ import numpy as np
 import scipy.signal
 
 import minideeplab as mdl
+import minideeplab.functional.conv as conv
+from minideeplab import kernels
+from minideeplab.device import Emu
 from minideeplab.emu import runner
 from minideeplab.gradcheck import check_backward
-from minideeplab.kernels import BLOCK, launch
+from minideeplab.kernels import BLOCK, launch, loader
 
 NOT_DONE, PASSED = "not done yet", "passed"
 
@@ -338,4 +341,117 @@ def check_aspp(aspp_forward):
             from None
     print(f"aspp_forward: matches NumPy and SciPy at rates {rates}, and its gradient with respect "
           "to x matches central differences")
+    return PASSED
+
+
+# -- lesson 10: the depthwise tile width, on the host and in the kernels ----------------------
+
+class _EmuAtMacros(Emu):
+    """``emu``, building each ``.cu`` file once for each value of ``kernels.MACROS``: the loader
+    keeps one module per file, with the macros in force when it was built."""
+
+    def __init__(self):
+        self._built = {}
+
+    def module(self, family, dtype):
+        key = (str(family), np.dtype(dtype), tuple(loader.MACROS.items()))
+        if key not in self._built:
+            self._built[key] = self.build(loader.read_source(family, dtype))
+        return self._built[key]
+
+
+_EMU_AT_MACROS = _EmuAtMacros()
+
+
+def _tile_state():
+    """(the width the kernels are built with, the host's tile columns, its thread rows)."""
+    return loader.MACROS["DW_TW"], conv.DW_TW, conv.DW_TY
+
+
+def _tile_names(state):
+    return "kernels.MACROS['DW_TW'], conv.DW_TW, conv.DW_TY = {}, {}, {}".format(*state)
+
+
+def _tiled_depthwise_on_emu():
+    """The tiled depthwise kernels (forward, backward to the input and to the weights) on emu in
+    checking mode against the NumPy path, on a 9x40 map that tiles of different widths cover
+    with different numbers of tiles; the host picks the rows and sizes the grid and the weight
+    gradient's partial sums."""
+    rng = np.random.default_rng(0)
+    g = conv._geometry((2, 2, 9, 40), (2, 1, 3, 3), None, 1, 2, 2, 2)  # rate 2, "same"
+    x, w = rng.standard_normal((2, 2, 9, 40)), rng.standard_normal((2, 1, 3, 3))
+    gy = rng.standard_normal((2, 2, g.Ho, g.Wo))
+    numpy = conv.DepthwiseConv2d(g)
+    numpy.dev, numpy.needs_grad = mdl.get_device("cpu"), (True, True)
+    expected = (numpy.forward_cpu(x, w), *numpy.backward_cpu(gy)[:2])
+    op = conv.DepthwiseConv2d(g)
+    op.dev, op.needs_grad = _EMU_AT_MACROS, (True, True)
+    try:
+        with runner.check_mode():
+            got = (op.forward_kernel(x, w), *op.backward_kernel(gy)[:2])
+    except runner.KernelError as e:
+        raise AssertionError(f"the kernels failed on emu in checking mode: {e}") from None
+    for what, a, b in zip(("y", "the input gradient", "the weight gradient"), got, expected):
+        _first_difference(f"{what} on emu", a, b, rtol=1e-10, atol=1e-10)
+
+
+class _Raised(Exception):
+    pass
+
+
+def _raise():
+    raise _Raised("raised inside run()")
+
+
+def check_tile_width(with_tile_width):
+    """Lesson 10: ``with_tile_width(tw, run)`` runs ``run()`` with depthwise tiles ``tw`` columns
+    wide on the host (``conv.DW_TW``, ``conv.DW_TY = BLOCK // tw``) and in the kernels
+    (``kernels.MACROS['DW_TW']``, handed to the compiler), returns its result and puts the old
+    values back, also when ``run`` raises. Graded by the tiled kernels on emu in checking mode
+    against the NumPy path at 16, 8 and 64 columns, then by the values themselves."""
+    saved, macros = _tile_state(), kernels.MACROS
+    widths = (16, 8, 64)  # not 32, the width already in force
+    seen = []  # the state inside each run()
+
+    def run():
+        seen.append(_tile_state())
+        _tiled_depthwise_on_emu()
+        return "result of run()"
+    try:
+        for tw in widths:
+            seen.clear()
+            want = (tw, tw, BLOCK // tw)
+            try:
+                result = with_tile_width(tw, run)
+            except NotImplementedError:
+                if seen:
+                    raise
+                return _not_done("with_tile_width")
+            except AssertionError as e:  # from the kernels on emu, inside run()
+                inside = (f". Inside, {_tile_names(seen[-1])}, expected {want}: the host and the "
+                          "kernels must tile alike" if seen and seen[-1] != want else "")
+                raise AssertionError(f"with_tile_width({tw}, run): {e}{inside}") from None
+            assert seen, f"with_tile_width({tw}, run) did not call run()"
+            assert seen[-1] == want, (
+                f"with_tile_width({tw}, run): inside, {_tile_names(seen[-1])}, expected {want} "
+                "(the kernels agreed with NumPy on this map all the same)")
+            assert result == "result of run()", \
+                f"with_tile_width({tw}, run) returned {result!r}, not what run() returned"
+            assert _tile_state() == saved, (
+                f"after with_tile_width({tw}, run) returned, {_tile_names(_tile_state())}; "
+                f"expected the old {saved} back")
+        try:
+            with_tile_width(16, _raise)
+            raise AssertionError("with_tile_width(16, run) swallowed the exception run() raised")
+        except _Raised:
+            pass
+        assert _tile_state() == saved, (
+            f"after run() raised inside with_tile_width(16, run), {_tile_names(_tile_state())}; "
+            f"expected the old {saved} back, also then (try/finally)")
+    finally:  # whatever the learner's code left behind
+        kernels.MACROS = macros
+        macros["DW_TW"], conv.DW_TW, conv.DW_TY = saved
+    print(f"with_tile_width: the tiled depthwise kernels match NumPy on emu in checking mode with "
+          f"tiles {', '.join(map(str, widths))} columns wide, and the old width is back after "
+          "each call, also when run() raises")
     return PASSED

@@ -13,6 +13,8 @@ import pytest
 
 import minideeplab as mdl
 import minideeplab.functional as F
+import minideeplab.functional.conv as conv
+from minideeplab import kernels
 
 LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 sys.path.insert(0, str(LESSONS))
@@ -175,6 +177,95 @@ def bn_gamma_summed_over_batch_only(x, gamma, gy, eps):
     return gx, (gy * xhat).sum(axis=0), gbeta
 
 
+def tile_width_macros_only(tw, run):
+    """Only the kernels' width: the host still tiles 32 columns wide."""
+    saved = kernels.MACROS["DW_TW"]
+    kernels.MACROS["DW_TW"] = tw
+    try:
+        return run()
+    finally:
+        kernels.MACROS["DW_TW"] = saved
+
+
+def tile_width_host_only(tw, run):
+    """Only the host's constants: the kernels are still built 32 columns wide."""
+    saved = conv.DW_TW, conv.DW_TY
+    conv.DW_TW, conv.DW_TY = tw, kernels.BLOCK // tw
+    try:
+        return run()
+    finally:
+        conv.DW_TW, conv.DW_TY = saved
+
+
+def tile_width_rows_kept(tw, run):
+    """The width changed on both sides, the host's thread rows left at BLOCK // 32."""
+    saved = kernels.MACROS["DW_TW"], conv.DW_TW
+    kernels.MACROS["DW_TW"], conv.DW_TW = tw, tw
+    try:
+        return run()
+    finally:
+        kernels.MACROS["DW_TW"], conv.DW_TW = saved
+
+
+def tile_width_not_restored(tw, run):
+    kernels.MACROS["DW_TW"], conv.DW_TW, conv.DW_TY = tw, tw, kernels.BLOCK // tw
+    return run()
+
+
+def tile_width_restored_on_return_only(tw, run):
+    """No try/finally: an exception in run() leaves the new width behind."""
+    saved = kernels.MACROS["DW_TW"], conv.DW_TW, conv.DW_TY
+    kernels.MACROS["DW_TW"], conv.DW_TW, conv.DW_TY = tw, tw, kernels.BLOCK // tw
+    result = run()
+    kernels.MACROS["DW_TW"], conv.DW_TW, conv.DW_TY = saved
+    return result
+
+
+def _deeplabv3plus(net, x, image_pooling=True, dropout=True, low_level_first=False,
+                   align_corners=True, decoder=True, detached=False):
+    """Lesson 11's forward with one mistake switched on by its flag."""
+    low_level, features = net.backbone(x)
+    aspp = net.aspp
+    branches = [aspp.conv1x1(features), *(branch(features) for branch in aspp.atrous)]
+    if image_pooling:
+        pooled = aspp.image_pooling(F.global_avg_pool(features))
+        branches.insert(0, F.resize_bilinear(pooled, features.shape[2:], align_corners=True))
+    y = aspp.project(F.concat(branches, axis=1))
+    y = aspp.dropout(y) if dropout else y
+    if decoder:
+        low = net.decoder.low_level(low_level)
+        y = F.resize_bilinear(y, low.shape[2:], align_corners=align_corners)
+        y = mdl.Tensor(y.numpy()) if detached else y
+        y = net.decoder.refine(F.concat([low, y] if low_level_first else [y, low], axis=1))
+    return F.resize_bilinear(net.logits(y), x.shape[2:], align_corners=True)
+
+
+def deeplabv3plus_low_level_first(net, x):
+    return _deeplabv3plus(net, x, low_level_first=True)
+
+
+def deeplabv3plus_align_corners_false(net, x):
+    return _deeplabv3plus(net, x, align_corners=False)
+
+
+def deeplabv3plus_without_image_pooling(net, x):
+    return _deeplabv3plus(net, x, image_pooling=False)
+
+
+def deeplabv3plus_without_decoder(net, x):
+    return _deeplabv3plus(net, x, decoder=False)
+
+
+def deeplabv3plus_without_dropout(net, x):
+    """Right in eval mode, where dropout passes its input through."""
+    return _deeplabv3plus(net, x, dropout=False)
+
+
+def deeplabv3plus_upsampled_in_numpy(net, x):
+    """The right numbers, but the ASPP output leaves the graph: no gradient reaches the encoder."""
+    return _deeplabv3plus(net, x, detached=True)
+
+
 EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must say)]
     "sigmoid_backward": (checks.check_sigmoid_backward, "01_autograd", "Sigmoid", [
         (SigmoidWrongSign, "gradient check failed for input 0"),
@@ -221,6 +312,19 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (bn_statistics_held_constant, "held constant: they depend on x too"),
         (bn_mean_path_only, "value: gradient gx (index: image, channel, row, column) differs"),
         (bn_gamma_summed_over_batch_only, "shape: ggamma has shape (3, 3, 2), expected (3,)"),
+    ]),
+    "tile_width": (checks.check_tile_width, "10_fast_kernel", "with_tile_width", [
+        (tile_width_macros_only, "out-of-bounds access to argument 'part' (float64, shape (18, "
+                                 "4)): element 74, 2 past the end. Inside, kernels.MACROS['DW_TW"
+                                 "'], conv.DW_TW, conv.DW_TY = 16, 32, 8, expected (16, 16, 16)"),
+        (tile_width_host_only, "out-of-bounds access to argument 'part' (float64, shape (18, 6)): "
+                               "element 108, 0 past the end. Inside, kernels.MACROS['DW_TW'], "
+                               "conv.DW_TW, conv.DW_TY = 32, 16, 16"),
+        (tile_width_rows_kept, "conv.DW_TY = 16, 16, 8, expected (16, 16, 16)"),
+        (tile_width_not_restored, "after with_tile_width(16, run) returned, kernels.MACROS['DW_TW"
+                                  "'], conv.DW_TW, conv.DW_TY = 16, 16, 16; expected the old "
+                                  "(32, 32, 8) back"),
+        (tile_width_restored_on_return_only, "after run() raised inside with_tile_width(16, run)"),
     ]),
 }
 
