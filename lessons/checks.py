@@ -455,3 +455,98 @@ def check_tile_width(with_tile_width):
           f"tiles {', '.join(map(str, widths))} columns wide, and the old width is back after "
           "each call, also when run() raises")
     return PASSED
+
+
+def _bilinear_reference(x, size, align_corners=True):
+    """Bilinear resize of NCHW ``x`` from its definition, one output pixel at a time: the source
+    point (corner pixels aligned, or pixel centres as PyTorch's ``align_corners=False``), its four
+    neighbours and their weights."""
+    def source(o, n_in, n_out):
+        if align_corners:
+            s = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            s = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(np.floor(s)), n_in - 1)
+        return i0, min(i0 + 1, n_in - 1), s - i0
+
+    (h, w), out = x.shape[2:], np.zeros(x.shape[:2] + tuple(size))
+    for r in range(size[0]):
+        r0, r1, a = source(r, h, size[0])
+        for c in range(size[1]):
+            c0, c1, b = source(c, w, size[1])
+            out[:, :, r, c] = ((1 - a) * (1 - b) * x[:, :, r0, c0] + (1 - a) * b * x[:, :, r0, c1]
+                               + a * (1 - b) * x[:, :, r1, c0] + a * b * x[:, :, r1, c1])
+    return out
+
+
+def _decoder_reference(features, low_level, w_reduce, w_refine1, w_refine2, w_logits, out_size,
+                       encoder_first=True, align_corners=(True, True), relus=(True, True, True),
+                       logits_relu=False):
+    """The decoder in NumPy and SciPy; the keywords build the mistakes the grader names."""
+    def relu_if(on, z):
+        return _relu(z) if on else z
+
+    low = relu_if(relus[0], np.einsum("oc,nchw->nohw", w_reduce[:, :, 0, 0], low_level))
+    up = _bilinear_reference(features, low.shape[2:], align_corners[0])
+    y = np.concatenate([up, low] if encoder_first else [low, up], axis=1)
+    y = relu_if(relus[1], _atrous_reference(y, w_refine1, 1))
+    y = relu_if(relus[2], _atrous_reference(y, w_refine2, 1))
+    logits = relu_if(logits_relu, np.einsum("oc,nchw->nohw", w_logits[:, :, 0, 0], y))
+    return _bilinear_reference(logits, out_size, align_corners[1])
+
+
+_DECODER_MISTAKES = [  # keywords of _decoder_reference -> what the learner is told
+    ({"encoder_first": False}, "the encoder features go first in the concatenation, then the "
+                               "reduced low-level ones (model.py refine_by_decoder)"),
+    ({"align_corners": (False, True)}, "the encoder features are upsampled with "
+                                       "align_corners=False; DeepLab uses align_corners=True"),
+    ({"align_corners": (True, False)}, "the logits are upsampled with align_corners=False; "
+                                       "DeepLab uses align_corners=True"),
+    ({"relus": (False, True, True)}, "the 1x1 reduction of the low-level features is followed "
+                                     "by a ReLU"),
+    ({"relus": (True, False, True)}, "the first 3x3 conv is followed by a ReLU"),
+    ({"relus": (True, True, False)}, "the second 3x3 conv is followed by a ReLU"),
+    ({"logits_relu": True}, "no ReLU after the logits conv: logits are scores of any sign"),
+]
+
+
+def check_decoder(decoder_forward):
+    """Lesson 6: the DeepLabv3+ decoder without BN from the functional ops,
+    ``decoder_forward(features, low_level, w_reduce, w_refine1, w_refine2, w_logits, out_size)``
+    -> logits Tensor of ``out_size``, against NumPy (einsum for the 1x1 convs, bilinear resizing
+    written from its definition) and SciPy (the 3x3 convs), then its gradient with respect to
+    both inputs by ``check_backward`` (it must stay one graph)."""
+    rng = np.random.default_rng(0)
+    # Stride-4 low-level features of a stride-8 encoder output (3x4 -> 5x7: the align-corners
+    # sizes (h - 1) * 2 + 1), logits upsampled to a 17x25 "image"; channels few, all distinct.
+    features, low_level = rng.standard_normal((2, 3, 3, 4)), rng.standard_normal((2, 4, 5, 7))
+    w_reduce = rng.standard_normal((2, 4, 1, 1))
+    w_refine1, w_refine2 = rng.standard_normal((3, 5, 3, 3)), rng.standard_normal((3, 3, 3, 3))
+    w_logits, out_size = rng.standard_normal((2, 3, 1, 1)), (17, 25)
+    weights = [w_reduce, w_refine1, w_refine2, w_logits]
+    tensors = [mdl.Tensor(w) for w in weights]
+    y = _attempt(decoder_forward, mdl.Tensor(features), mdl.Tensor(low_level), *tensors, out_size)
+    if y is None:
+        return _not_done("decoder_forward")
+    assert isinstance(y, mdl.Tensor), \
+        f"decoder_forward must return a Tensor (from the functional ops), got {type(y).__name__}"
+    expected = _decoder_reference(features, low_level, *weights, out_size)
+    _same_shape("the output (the logits at out_size)", y.numpy(), expected.shape)
+    try:
+        _first_difference("the output (index: image, class, row, column)", y.numpy(), expected)
+    except AssertionError as e:
+        hints = [hint for mistake, hint in _DECODER_MISTAKES
+                 if np.allclose(y.numpy(), _decoder_reference(features, low_level, *weights,
+                                                              out_size, **mistake))]
+        raise AssertionError("; ".join([str(e)] + hints)) from None
+    try:
+        check_backward(lambda f, low: decoder_forward(f, low, *tensors, out_size),
+                       [features, low_level])
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the values are right, so some step left the graph: every step "
+                             "must be a functional op on Tensors, not a detour through NumPy") \
+            from None
+    print("decoder_forward: matches NumPy and SciPy (3x4 encoder and 5x7 low-level features to "
+          f"{out_size[0]}x{out_size[1]} logits), and its gradient with respect to both inputs "
+          "matches central differences")
+    return PASSED

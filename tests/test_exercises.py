@@ -266,6 +266,41 @@ def deeplabv3plus_upsampled_in_numpy(net, x):
     return _deeplabv3plus(net, x, detached=True)
 
 
+def _decoder(features, low_level, w_reduce, w_refine1, w_refine2, w_logits, out_size,
+             encoder_first=True, align_corners=True, reduce_relu=True, detached=False):
+    low = F.conv2d(low_level, w_reduce)
+    low = F.relu(low) if reduce_relu else low
+    up = F.resize_bilinear(features, low.shape[2:], align_corners=align_corners)
+    up = mdl.Tensor(up.numpy()) if detached else up
+    y = F.concat([up, low] if encoder_first else [low, up], axis=1)
+    y = F.relu(F.atrous_conv2d(F.relu(F.atrous_conv2d(y, w_refine1)), w_refine2))
+    return F.resize_bilinear(F.conv2d(y, w_logits), out_size)
+
+
+def decoder_low_level_first(*args):
+    return _decoder(*args, encoder_first=False)
+
+
+def decoder_align_corners_false(*args):
+    return _decoder(*args, align_corners=False)
+
+
+def decoder_reduction_without_relu(*args):
+    return _decoder(*args, reduce_relu=False)
+
+
+def decoder_logits_at_stride_4(features, low_level, w_reduce, w_refine1, w_refine2, w_logits,
+                               out_size):
+    """Forgets the last upsampling: logits at the low-level features' size."""
+    return _decoder(features, low_level, w_reduce, w_refine1, w_refine2, w_logits,
+                    low_level.shape[2:])
+
+
+def decoder_upsampled_in_numpy(*args):
+    """The right numbers, but the encoder features leave the graph: no gradient reaches them."""
+    return _decoder(*args, detached=True)
+
+
 EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must say)]
     "sigmoid_backward": (checks.check_sigmoid_backward, "01_autograd", "Sigmoid", [
         (SigmoidWrongSign, "gradient check failed for input 0"),
@@ -325,6 +360,16 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
                                   "'], conv.DW_TW, conv.DW_TY = 16, 16, 16; expected the old "
                                   "(32, 32, 8) back"),
         (tile_width_restored_on_return_only, "after run() raised inside with_tile_width(16, run)"),
+    ]),
+    "decoder": (checks.check_decoder, "06_decoder", "decoder_forward", [
+        (decoder_low_level_first, "the encoder features go first in the concatenation"),
+        (decoder_align_corners_false, "the encoder features are upsampled with "
+                                      "align_corners=False"),
+        (decoder_reduction_without_relu, "the 1x1 reduction of the low-level features is "
+                                         "followed by a ReLU"),
+        (decoder_logits_at_stride_4, "shape: the output (the logits at out_size) has shape "
+                                     "(2, 2, 5, 7), expected (2, 2, 17, 25)"),
+        (decoder_upsampled_in_numpy, "some step left the graph"),
     ]),
 }
 
