@@ -177,6 +177,100 @@ def bn_gamma_summed_over_batch_only(x, gamma, gy, eps):
     return gx, (gy * xhat).sum(axis=0), gbeta
 
 
+def _decoder(features, low_level, w_reduce, w_refine1, w_refine2, w_logits, out_size,
+             encoder_first=True, align_corners=True, reduce_relu=True, detached=False):
+    low = F.conv2d(low_level, w_reduce)
+    low = F.relu(low) if reduce_relu else low
+    up = F.resize_bilinear(features, low.shape[2:], align_corners=align_corners)
+    up = mdl.Tensor(up.numpy()) if detached else up
+    y = F.concat([up, low] if encoder_first else [low, up], axis=1)
+    y = F.relu(F.atrous_conv2d(F.relu(F.atrous_conv2d(y, w_refine1)), w_refine2))
+    return F.resize_bilinear(F.conv2d(y, w_logits), out_size)
+
+
+def decoder_low_level_first(*args):
+    return _decoder(*args, encoder_first=False)
+
+
+def decoder_align_corners_false(*args):
+    return _decoder(*args, align_corners=False)
+
+
+def decoder_reduction_without_relu(*args):
+    return _decoder(*args, reduce_relu=False)
+
+
+def decoder_logits_at_stride_4(features, low_level, w_reduce, w_refine1, w_refine2, w_logits,
+                               out_size):
+    """Forgets the last upsampling: logits at the low-level features' size."""
+    return _decoder(features, low_level, w_reduce, w_refine1, w_refine2, w_logits,
+                    low_level.shape[2:])
+
+
+def decoder_upsampled_in_numpy(*args):
+    """The right numbers, but the encoder features leave the graph: no gradient reaches them."""
+    return _decoder(*args, detached=True)
+
+
+def poly_lr_off_by_one(base_lr, it, max_it, power=0.9):
+    """The lr of the next iteration: the first step never runs at base_lr."""
+    return base_lr * max(0.0, 1.0 - (it + 1) / max_it) ** power
+
+
+def poly_lr_linear(base_lr, it, max_it, power=0.9):
+    """The power forgotten."""
+    return base_lr * max(0.0, 1.0 - it / max_it)
+
+
+def poly_lr_not_clamped(base_lr, it, max_it, power=0.9):
+    """Past max_it, (1 - it / max_it) ** 0.9 is a negative number's power: complex in Python."""
+    return base_lr * (1.0 - it / max_it) ** power
+
+
+def poly_lr_power_fixed(base_lr, it, max_it, power=0.9):
+    """The paper's power written in, the argument ignored."""
+    return base_lr * max(0.0, 1.0 - it / max_it) ** 0.9
+
+
+def xent_mean_over_all_pixels(logits, labels, ignore_index=255):
+    """Ignored pixels add 0 but are counted in the mean (and in the gradient's division)."""
+    loss, grad = solution("08_training", "softmax_cross_entropy_np")(logits, labels, ignore_index)
+    counted = max(int((labels != ignore_index).sum()), 1)
+    return loss * counted / labels.size, grad * counted / labels.size
+
+
+def xent_without_max(logits, labels, ignore_index=255):
+    """softmax as exp(z) / sum(exp(z)): exp(1000) overflows."""
+    valid = labels != ignore_index
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    onehot = np.arange(logits.shape[1])[None, :, None, None] == labels[:, None]
+    count = max(int(valid.sum()), 1)
+    return -(np.log(p) * onehot).sum() / count, (p - onehot) * valid[:, None] / count
+
+
+def xent_gradient_of_the_sum(logits, labels, ignore_index=255):
+    """The loss a mean, its gradient not divided by the count."""
+    loss, grad = solution("08_training", "softmax_cross_entropy_np")(logits, labels, ignore_index)
+    return loss, grad * max(int((labels != ignore_index).sum()), 1)
+
+
+def xent_ignored_pixels_get_gradient(logits, labels, ignore_index=255):
+    """softmax - onehot on every pixel: an ignored one (no onehot entry) gets softmax / count."""
+    loss, _ = solution("08_training", "softmax_cross_entropy_np")(logits, labels, ignore_index)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    onehot = np.arange(logits.shape[1])[None, :, None, None] == labels[:, None]
+    return loss, (z / z.sum(axis=1, keepdims=True) - onehot) / max(
+        int((labels != ignore_index).sum()), 1)
+
+
+def xent_nan_without_pixels(logits, labels, ignore_index=255):
+    """The mean of an empty set: 0 / 0 when every pixel is ignored."""
+    loss, grad = solution("08_training", "softmax_cross_entropy_np")(logits, labels, ignore_index)
+    count = (labels != ignore_index).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return loss * max(count, 1) / count, grad * max(count, 1) / count
+
+
 def tile_width_macros_only(tw, run):
     """Only the kernels' width: the host still tiles 32 columns wide."""
     saved = kernels.MACROS["DW_TW"]
@@ -266,41 +360,6 @@ def deeplabv3plus_upsampled_in_numpy(net, x):
     return _deeplabv3plus(net, x, detached=True)
 
 
-def _decoder(features, low_level, w_reduce, w_refine1, w_refine2, w_logits, out_size,
-             encoder_first=True, align_corners=True, reduce_relu=True, detached=False):
-    low = F.conv2d(low_level, w_reduce)
-    low = F.relu(low) if reduce_relu else low
-    up = F.resize_bilinear(features, low.shape[2:], align_corners=align_corners)
-    up = mdl.Tensor(up.numpy()) if detached else up
-    y = F.concat([up, low] if encoder_first else [low, up], axis=1)
-    y = F.relu(F.atrous_conv2d(F.relu(F.atrous_conv2d(y, w_refine1)), w_refine2))
-    return F.resize_bilinear(F.conv2d(y, w_logits), out_size)
-
-
-def decoder_low_level_first(*args):
-    return _decoder(*args, encoder_first=False)
-
-
-def decoder_align_corners_false(*args):
-    return _decoder(*args, align_corners=False)
-
-
-def decoder_reduction_without_relu(*args):
-    return _decoder(*args, reduce_relu=False)
-
-
-def decoder_logits_at_stride_4(features, low_level, w_reduce, w_refine1, w_refine2, w_logits,
-                               out_size):
-    """Forgets the last upsampling: logits at the low-level features' size."""
-    return _decoder(features, low_level, w_reduce, w_refine1, w_refine2, w_logits,
-                    low_level.shape[2:])
-
-
-def decoder_upsampled_in_numpy(*args):
-    """The right numbers, but the encoder features leave the graph: no gradient reaches them."""
-    return _decoder(*args, detached=True)
-
-
 EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must say)]
     "sigmoid_backward": (checks.check_sigmoid_backward, "01_autograd", "Sigmoid", [
         (SigmoidWrongSign, "gradient check failed for input 0"),
@@ -348,6 +407,34 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (bn_mean_path_only, "value: gradient gx (index: image, channel, row, column) differs"),
         (bn_gamma_summed_over_batch_only, "shape: ggamma has shape (3, 3, 2), expected (3,)"),
     ]),
+    "decoder": (checks.check_decoder, "06_decoder", "decoder_forward", [
+        (decoder_low_level_first, "the encoder features go first in the concatenation"),
+        (decoder_align_corners_false, "the encoder features are upsampled with "
+                                      "align_corners=False"),
+        (decoder_reduction_without_relu, "the 1x1 reduction of the low-level features is "
+                                         "followed by a ReLU"),
+        (decoder_logits_at_stride_4, "shape: the output (the logits at out_size) has shape "
+                                     "(2, 2, 5, 7), expected (2, 2, 17, 25)"),
+        (decoder_upsampled_in_numpy, "some step left the graph"),
+    ]),
+    "poly_lr": (checks.check_poly_lr, "08_training", "poly_lr", [
+        (poly_lr_off_by_one, "poly_lr(0.3, 0, 2000, power=0.9) = 0.2998649966243811, expected "
+                             "0.3; the first iteration, it = 0, runs at base_lr"),
+        (poly_lr_linear, "that is the linear schedule"),
+        (poly_lr_not_clamped, "poly_lr(0.3, 2500, 2000, power=0.9) = (-0.0819"),
+        (poly_lr_power_fixed, "poly_lr(1.0, 1, 4, power=1) = 0.7718895067235705, expected 0.75; "
+                              "that is power 0.9: use the power argument"),
+    ]),
+    "ignore_label_loss": (checks.check_ignore_label_loss, "08_training",
+                          "softmax_cross_entropy_np", [
+        (xent_mean_over_all_pixels, "that is the mean over all pixels: divide by the number of "
+                                    "pixels whose label is not 255"),
+        (xent_without_max, "the loss on logits near 1000 (with label 255 as above) is nan"),
+        (xent_gradient_of_the_sum, "the gradient of the sum: the loss is a mean"),
+        (xent_ignored_pixels_get_gradient, "wrong only on pixels labelled 255"),
+        (xent_nan_without_pixels, "with no pixel counted the loss is 0 (and the gradient 0), not "
+                                  "0 / 0"),
+    ]),
     "tile_width": (checks.check_tile_width, "10_fast_kernel", "with_tile_width", [
         (tile_width_macros_only, "out-of-bounds access to argument 'part' (float64, shape (18, "
                                  "4)): element 74, 2 past the end. Inside, kernels.MACROS['DW_TW"
@@ -361,15 +448,16 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
                                   "(32, 32, 8) back"),
         (tile_width_restored_on_return_only, "after run() raised inside with_tile_width(16, run)"),
     ]),
-    "decoder": (checks.check_decoder, "06_decoder", "decoder_forward", [
-        (decoder_low_level_first, "the encoder features go first in the concatenation"),
-        (decoder_align_corners_false, "the encoder features are upsampled with "
-                                      "align_corners=False"),
-        (decoder_reduction_without_relu, "the 1x1 reduction of the low-level features is "
-                                         "followed by a ReLU"),
-        (decoder_logits_at_stride_4, "shape: the output (the logits at out_size) has shape "
-                                     "(2, 2, 5, 7), expected (2, 2, 17, 25)"),
-        (decoder_upsampled_in_numpy, "some step left the graph"),
+    "deeplabv3plus_forward": (checks.check_deeplabv3plus_forward, "11_capstone",
+                              "deeplabv3plus_forward", [
+        (deeplabv3plus_low_level_first, "the low-level features come first"),
+        (deeplabv3plus_align_corners_false, "upsampled with align_corners=False"),
+        (deeplabv3plus_without_image_pooling, "shape: the input of net.aspp.project has shape "
+                                              "(4, 256, 9, 9), expected (4, 320, 9, 9)"),
+        (deeplabv3plus_without_decoder, "as if the decoder were skipped"),
+        (deeplabv3plus_without_dropout, "net.aspp.dropout was called 0 times, expected once"),
+        (deeplabv3plus_upsampled_in_numpy, "the one nearest the output: net.aspp.project.bn.beta "
+                                           "(no gradient)"),
     ]),
 }
 
@@ -421,3 +509,15 @@ def test_every_exercise_is_graded_and_tested():
     graders = {n for n, f in vars(checks).items()
                if n.startswith("check_") and getattr(f, "__module__", None) == checks.__name__}
     assert graders == {spec[0].__name__ for spec in EXERCISES.values()}
+
+
+def test_capstone_trains_only_a_forward_that_passed():
+    """Lesson 11 trains the learner's forward only when checks.passed says its check passed."""
+    shipped, right = (f("11_capstone", "deeplabv3plus_forward") for f in (stub, solution))
+    checks.check_deeplabv3plus_forward(shipped)
+    assert not checks.passed(shipped)
+    checks.check_deeplabv3plus_forward(right)
+    assert checks.passed(right) and not checks.passed(shipped)
+    with pytest.raises(AssertionError):
+        checks.check_deeplabv3plus_forward(deeplabv3plus_without_dropout)
+    assert not checks.passed(deeplabv3plus_without_dropout) and not checks.passed(right)
