@@ -617,9 +617,9 @@ def _capstone_hint(name, got, record):
             return (f"; {got.shape[1] // c} branches of {c} channels, expected {n}: image "
                     f"pooling, 1x1, then the {n - 2} atrous convs")
         labels = ["image pooling", "1x1", *(f"atrous {i}" for i in range(n - 2))]
-        found = [next((lab for j, lab in enumerate(labels)
-                       if np.allclose(got[:, i:i + c], expected[:, j:j + c], 1e-4, 1e-4)), "?")
-                 for i in range(0, got.shape[1], c)]
+        found = [next((lab for j, lab in enumerate(labels) if np.allclose(
+                           got[:, i * c:(i + 1) * c], expected[:, j * c:(j + 1) * c], 1e-4, 1e-4)),
+                      "?") for i in range(n)]
         if found != labels and "?" not in found:
             return (f"; the branches are concatenated as ({', '.join(found)}): the official order "
                     "is image pooling, 1x1, then the rates")

@@ -315,15 +315,17 @@ def tile_width_restored_on_return_only(tw, run):
     return result
 
 
-def _deeplabv3plus(net, x, image_pooling=True, dropout=True, low_level_first=False,
-                   align_corners=True, decoder=True, detached=False):
-    """Lesson 11's forward with one mistake switched on by its flag."""
+def _deeplabv3plus(net, x, image_pooling="first", dropout=True, low_level_first=False,
+                   align_corners=True, logits_align_corners=True, decoder=True, detached=False):
+    """Lesson 11's forward with one mistake switched on by its flag (``image_pooling``: "first",
+    "last" or None)."""
     low_level, features = net.backbone(x)
     aspp = net.aspp
     branches = [aspp.conv1x1(features), *(branch(features) for branch in aspp.atrous)]
     if image_pooling:
         pooled = aspp.image_pooling(F.global_avg_pool(features))
-        branches.insert(0, F.resize_bilinear(pooled, features.shape[2:], align_corners=True))
+        pooled = F.resize_bilinear(pooled, features.shape[2:], align_corners=True)
+        branches.insert(0 if image_pooling == "first" else len(branches), pooled)
     y = aspp.project(F.concat(branches, axis=1))
     y = aspp.dropout(y) if dropout else y
     if decoder:
@@ -331,7 +333,7 @@ def _deeplabv3plus(net, x, image_pooling=True, dropout=True, low_level_first=Fal
         y = F.resize_bilinear(y, low.shape[2:], align_corners=align_corners)
         y = mdl.Tensor(y.numpy()) if detached else y
         y = net.decoder.refine(F.concat([low, y] if low_level_first else [y, low], axis=1))
-    return F.resize_bilinear(net.logits(y), x.shape[2:], align_corners=True)
+    return F.resize_bilinear(net.logits(y), x.shape[2:], align_corners=logits_align_corners)
 
 
 def deeplabv3plus_low_level_first(net, x):
@@ -343,7 +345,22 @@ def deeplabv3plus_align_corners_false(net, x):
 
 
 def deeplabv3plus_without_image_pooling(net, x):
-    return _deeplabv3plus(net, x, image_pooling=False)
+    return _deeplabv3plus(net, x, image_pooling=None)
+
+
+def deeplabv3plus_pooling_last(net, x):
+    return _deeplabv3plus(net, x, image_pooling="last")
+
+
+def deeplabv3plus_logits_align_corners_false(net, x):
+    return _deeplabv3plus(net, x, logits_align_corners=False)
+
+
+def deeplabv3plus_aspp_as_a_whole(net, x):
+    """The right numbers, but the wiring of the ASPP and the decoder left to the package."""
+    low_level, features = net.backbone(x)
+    y = net.decoder(net.aspp(features), low_level)
+    return F.resize_bilinear(net.logits(y), x.shape[2:], align_corners=True)
 
 
 def deeplabv3plus_without_decoder(net, x):
@@ -454,6 +471,11 @@ EXERCISES = {  # grader, lesson, name, [(wrong solution, what its message must s
         (deeplabv3plus_align_corners_false, "upsampled with align_corners=False"),
         (deeplabv3plus_without_image_pooling, "shape: the input of net.aspp.project has shape "
                                               "(4, 256, 9, 9), expected (4, 320, 9, 9)"),
+        (deeplabv3plus_pooling_last, "the branches are concatenated as (1x1, atrous 0, atrous 1, "
+                                     "atrous 2, image pooling)"),
+        (deeplabv3plus_logits_align_corners_false, "the logits are upsampled with "
+                                                   "align_corners=False"),
+        (deeplabv3plus_aspp_as_a_whole, "calls net.aspp(...) as a whole"),
         (deeplabv3plus_without_decoder, "as if the decoder were skipped"),
         (deeplabv3plus_without_dropout, "net.aspp.dropout was called 0 times, expected once"),
         (deeplabv3plus_upsampled_in_numpy, "the one nearest the output: net.aspp.project.bn.beta "
