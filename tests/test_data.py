@@ -33,6 +33,14 @@ def test_formats_and_label_range(train):
     assert values == set(range(len(CLASSES))) | {255}  # every class occurs, nothing else
 
 
+def test_crowded_images_skip_the_objects_that_find_no_place():
+    """With many objects some find no place that leaves the earlier ones visible enough and are
+    left out; the later ones still count the earlier ones' areas right (this used to raise)."""
+    crowded = ShapesDataset("val", size=8, image_size=96, max_objects=15, seed=0)
+    assert set(np.unique(crowded.labels).tolist()) <= set(range(len(CLASSES))) | {255}
+    assert (crowded.labels[:, 2:-2, 2:-2] != 0).mean() > 0.5  # crowded indeed
+
+
 def test_boundary_band_by_hand():
     raw = np.zeros((6, 7), np.uint8)
     raw[2:4, 2:5] = 3

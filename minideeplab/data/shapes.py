@@ -58,7 +58,7 @@ def make_image(rng, image_size=64, max_objects=3, size_range=(0.3, 0.6), noise=0
     raw = np.zeros((S, S), np.uint8)
     inst = np.zeros((S, S), np.int32)  # which object each pixel shows (0 = background)
     areas, colours = [0], [base]
-    for k in range(1, rng.integers(2, max_objects + 1) + 1):
+    for _ in range(rng.integers(2, max_objects + 1)):
         cls = int(rng.integers(1, len(CLASSES)))
         for _ in range(10):  # re-draw until every earlier object keeps min_visible of its area
             size = rng.uniform(*size_range) * S
@@ -68,14 +68,14 @@ def make_image(rng, image_size=64, max_objects=3, size_range=(0.3, 0.6), noise=0
             left = np.bincount(inst[~m], minlength=len(areas))
             if np.all(left[1:] >= min_visible * np.array(areas[1:])):
                 break
-        else:
+        else:  # no place found: the image has one object fewer
             continue
         colour = _colour(rng, colours)
         # Linear shading across the object: its pixels are not one flat colour.
         t = rng.uniform(-0.15, 0.15, 2) / size
         shade = 1 + (xx[m] - cx) * t[0] + (yy[m] - cy) * t[1]
         image[m] = colour * shade[:, None]
-        raw[m], inst[m] = cls, k
+        raw[m], inst[m] = cls, len(areas)  # the object's index in areas
         areas.append(int(m.sum()))
         colours.append(colour)
     image += rng.normal(0, noise, image.shape)
