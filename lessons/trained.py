@@ -7,6 +7,7 @@ into ``lessons/runs/<name>/``; later lessons (and reruns) load it. Missing runs 
 by side, one process and one core each: about 6 minutes on 2 CPU cores, 1 on a GPU. A run that
 was interrupted continues from its checkpoint (the result is the same as not stopping).
 """
+import fcntl
 import json
 import subprocess
 import sys
@@ -35,24 +36,29 @@ def _command(name, out, device):
 def ensure(names=tuple(FLAGS), device=None):
     """Train the runs in ``names`` that are not finished yet, side by side; returns their
     folders (name -> Path). SystemExit with the log's last lines if one fails."""
-    device = device or ("cuda" if devices.gpu_available() else "cpu")
-    outs = {name: RUNS_DIR / name for name in names}
-    todo = [name for name in names if not _done(outs[name])]
-    if todo:
-        print(f"training {', '.join(todo)} once ({device}, default preset: a few minutes); "
-              "every later lesson loads the result. Progress: lessons/runs/<name>/train.log")
-        started, procs = time.perf_counter(), {}
-        for name in todo:
-            outs[name].mkdir(parents=True, exist_ok=True)
-            log = open(outs[name] / "train.log", "w")
-            procs[name] = subprocess.Popen(_command(name, outs[name], device), stdout=log,
-                                           stderr=subprocess.STDOUT, cwd=RUNS_DIR.parent)
-        for name, proc in procs.items():
-            if proc.wait() != 0:
-                tail = (outs[name] / "train.log").read_text().replace("\r", "\n").splitlines()
-                raise SystemExit(f"training {name} failed (exit {proc.returncode}):\n"
-                                 + "\n".join(tail[-5:]))
-        print(f"trained in {time.perf_counter() - started:.0f} s")
+    RUNS_DIR.mkdir(exist_ok=True)
+    # One caller at a time (two lessons open at once): the second waits, then finds them trained.
+    with open(RUNS_DIR / "trained.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        device = device or ("cuda" if devices.gpu_available() else "cpu")
+        outs = {name: RUNS_DIR / name for name in names}
+        todo = [name for name in names if not _done(outs[name])]
+        if todo:
+            print(f"training {', '.join(todo)} once ({device}, default preset: a few minutes); "
+                  "every later lesson loads the result. Progress: lessons/runs/<name>/train.log")
+            started, procs = time.perf_counter(), {}
+            for name in todo:
+                outs[name].mkdir(parents=True, exist_ok=True)
+                with open(outs[name] / "train.log", "w") as log:  # the child keeps its copy
+                    procs[name] = subprocess.Popen(_command(name, outs[name], device),
+                                                   stdout=log, stderr=subprocess.STDOUT,
+                                                   cwd=RUNS_DIR.parent)
+            for name, proc in procs.items():
+                if proc.wait() != 0:
+                    tail = (outs[name] / "train.log").read_text().replace("\r", "\n").splitlines()
+                    raise SystemExit(f"training {name} failed (exit {proc.returncode}):\n"
+                                     + "\n".join(tail[-5:]))
+            print(f"trained in {time.perf_counter() - started:.0f} s")
     return outs
 
 
