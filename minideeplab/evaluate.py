@@ -13,6 +13,7 @@ import os
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .experiment import (ArgumentParser, CheckpointError, add_inference_flags, build_dataset,
                          eval_loader, evaluate, inference_scales, load_model, number, pick_device,
@@ -39,6 +40,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    with threadpool_limits(args.threads):
+        return score(args)
+
+
+def score(args):
+    """The mIoU of ``args.checkpoint`` as ``parse_args`` read the flags; writes metrics.json."""
     if not os.path.exists(args.checkpoint):
         raise SystemExit(f"no checkpoint at {args.checkpoint}")
     device = pick_device(args.device)

@@ -13,6 +13,7 @@ import argparse
 import os
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from PIL import Image, ImageDraw
 
 from .data import shapes, voc
@@ -76,6 +77,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    with threadpool_limits(args.threads):
+        return write_predictions(args)
+
+
+def write_predictions(args):
+    """One label PNG and one overlay per image of ``args.images``; returns their stems."""
     device = pick_device(args.device)
     try:
         model, meta = load_model(args.checkpoint, device, args.output_stride)

@@ -206,6 +206,16 @@ def test_numeric_flags_are_checked_at_parse_time(capsys, flag, value, message):
     assert e.value.code == 2 and f"argument {flag}: {message}{got}" in err
 
 
+@pytest.mark.parametrize("command", [evaluate, predict])
+def test_inference_threads_are_checked_at_parse_time(capsys, command):
+    argv = ["--checkpoint", "x.npz", "--threads", "0"] + (
+        ["--out", "o", "a.png"] if command is predict else [])
+    with pytest.raises(SystemExit) as e:
+        command.parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --threads: must be >= 1, got 0" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--scale-range", "-1", "-0.5"], "argument --scale-range: must be > 0, got -1"),
     (["--scale-range", "1000", "1000"], "argument --scale-range: must be <= 4, got 1000"),
