@@ -159,11 +159,23 @@ def blas_threads(n=None):
     return getattr(lib, f"{prefix}_get_num_threads{suffix}")()
 
 
+def set_threads(n):
+    """Our side on ``n`` threads as ``--threads n`` runs train.py: the NumPy path's own
+    (minideeplab.threads) and BLAS on one. -> n, the threads PyTorch then gets."""
+    from minideeplab import threads
+    threads.set_count(n)
+    blas_threads(1)
+    return n
+
+
 def device_info(device):
-    """Device name, date and library versions for a results file."""
+    """Device name, date and library versions for a results file; ``threads``: the NumPy
+    path's."""
+    from minideeplab import threads
     info = dict(device=device, date=datetime.date.today().isoformat(), cpu=cpu_model(),
                 numpy=np.__version__, python=platform.python_version(),
-                blas_threads=blas_threads(), load_average=os.getloadavg())
+                blas_threads=blas_threads(), threads=threads.count(),
+                load_average=os.getloadavg())
     if device == "cuda":
         import cupy
         rt = cupy.cuda.runtime

@@ -48,7 +48,7 @@ import minideeplab.functional.resize as resize  # noqa: E402
 from minideeplab.functional.norm import splits  # noqa: E402
 from minideeplab.kernels import BLOCK, MACROS, MAX_GRID, launch  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    LaunchLog, blas_threads, conv_flops, copy_bandwidth, default_json_path, device_info,
+    LaunchLog, conv_flops, copy_bandwidth, default_json_path, device_info, set_threads,
     gemm_gflops, gpu_available, nbytes, report, synchronize, timer, write_json)
 
 
@@ -547,7 +547,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes, 2 repeats (seconds)")
     p.add_argument("--repeat", type=int, default=None, help="timed repetitions (median)")
     p.add_argument("--cases", default="", help="only cases whose name contains this text")
-    p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch (cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads, ours (BLAS on one) and PyTorch's")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--loads", action="store_true", help="only count the depthwise kernels' global "
                    "loads per output on emu (reference and tiled; --json writes them)")
@@ -563,7 +563,7 @@ def main(argv=None):
         return rows
     repeat = args.repeat or (2 if args.quick else 5)
     if args.threads:
-        blas_threads(args.threads)
+        set_threads(args.threads)
     info = device_info(args.device)
     peak_bw = copy_bandwidth(args.device, 16 if args.quick else 256)
     gemm = gemm_gflops(args.device, 256 if args.quick else None)
@@ -577,8 +577,8 @@ def main(argv=None):
     # spin against each other when they alternate.
     if not args.no_torch and torch_usable(args.device):
         import torch
-        if args.device != "cuda" and info["blas_threads"]:
-            torch.set_num_threads(info["blas_threads"])
+        if args.device != "cuda" and args.threads:
+            torch.set_num_threads(args.threads)
         print(f"-- PyTorch {torch.__version__}, FP32, TF32 off, {torch.get_num_threads()} threads")
         for case in todo:
             run_torch(case, args.device, repeat, peak_bw)

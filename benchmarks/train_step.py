@@ -7,7 +7,8 @@ Xception-65 at 513x513, 21 classes (GPU only; ``--batch max`` finds the largest 
 PyTorch gets a module-for-module mirror (benchmarks/torch_deeplab.py) with our initial weights;
 both first run two steps with dropout off and print their losses, which must match, then time
 ``--steps`` steps with dropout on (median, after warm-up; the GPU synchronised after each step).
-PyTorch uses as many threads as NumPy's BLAS (``--threads N`` sets both), FP32 with TF32 off.
+``--threads N``: ours as ``train.py --threads N`` (the NumPy path on N threads, BLAS on one),
+PyTorch on N threads; FP32 with TF32 off.
 
 Peak memory: cpu and emu, the largest total of NumPy arrays allocated during one step
 (tracemalloc); cuda, CuPy's memory pool after one step from an emptied pool (what it reserved)
@@ -42,7 +43,7 @@ from minideeplab.optim import SGD  # noqa: E402
 from minideeplab.tensor import Tensor  # noqa: E402
 from minideeplab.train import PRESET  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    LaunchLog, blas_threads, default_json_path, device_info, synchronize, write_json)
+    LaunchLog, default_json_path, device_info, set_threads, synchronize, write_json)
 
 MODEL_KEYS = ("backbone", "width", "middle_blocks", "aspp_channels", "low_level_channels",
               "separable_aspp", "bn_momentum")
@@ -223,7 +224,7 @@ def run(args):
     if args.preset == "full" and device != "cuda" and not args.quick:
         raise SystemExit("--preset full is for a GPU (Xception-65 at 513x513 takes tens of GB)")
     if args.threads:
-        blas_threads(args.threads)
+        set_threads(args.threads)
     info = device_info(device)
     use_torch = not args.no_torch and device != "emu" and importlib.util.find_spec("torch")
     torch_dev = "cuda" if device == "cuda" else "cpu"
@@ -235,7 +236,7 @@ def run(args):
             torch.backends.cudnn.allow_tf32 = False  # FP32 against FP32
             torch.backends.cuda.matmul.allow_tf32 = False
             if device == "cpu":
-                torch.set_num_threads(info["blas_threads"] or os.cpu_count())
+                torch.set_num_threads(args.threads or os.cpu_count())
     batch = args.batch if args.batch not in (None, "max") else cfg["batch"]
     result = dict(preset="quick" if args.quick else args.preset, config=cfg, batch=int(batch),
                   device=device)
@@ -268,8 +269,9 @@ def run(args):
     model.aspp.dropout.p = p
     result["first_losses"] = dict(ours=ours)
     print(f"{info['name']} ({device}), preset {result['preset']}, batch {batch}, crop "
-          f"{cfg['crop']}, output stride {cfg['output_stride']}, lr {LR}, BLAS threads "
-          f"{info['blas_threads']}, load average {os.getloadavg()[0]:.2f}")
+          f"{cfg['crop']}, output stride {cfg['output_stride']}, lr {LR}, threads "
+          f"{info['threads']} (BLAS {info['blas_threads']}), load average "
+          f"{os.getloadavg()[0]:.2f}")
     if same_batch_torch:
         release(device)
         tmodel.aspp.dropout.p = 0.0
@@ -349,7 +351,7 @@ def main(argv=None):
     p.add_argument("--output-stride", type=int, choices=[8, 16, 32],
                    help="output stride (default: the preset's)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
-    p.add_argument("--threads", type=int, help="threads for NumPy's BLAS and PyTorch")
+    p.add_argument("--threads", type=int, help="CPU threads, ours (BLAS on one) and PyTorch's")
     p.add_argument("--quick", action="store_true", help="a tiny model, one timed step (seconds)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--profile", type=int, nargs="?", const=30, default=0, metavar="N",

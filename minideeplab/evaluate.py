@@ -13,8 +13,8 @@ import os
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from . import threads
 from .experiment import (ArgumentParser, CheckpointError, add_inference_flags, build_dataset,
                          eval_loader, evaluate, inference_scales, load_model, number, pick_device,
                          predict_probs)
@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    with threadpool_limits(args.threads):
+    with threads.limit(args.threads):
         return score(args)
 
 

@@ -229,9 +229,8 @@ def add_inference_flags(p):
                    help="with --multi-scale: the scales to average")
     p.add_argument("--flip", action="store_true", help="also average left-right mirrored inputs")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "emu"])
-    p.add_argument("--threads", type=number(int, 1), default=1, help="BLAS threads (default 1, "
-                   "as train's: busy-waiting BLAS threads slow the work many times over as soon "
-                   "as another process shares the cores)")
+    p.add_argument("--threads", type=number(int, 1), default=1, help="CPU threads of the NumPy "
+                   "path, BLAS on one (default 1, as train's)")
 
 
 def inference_scales(p, args):

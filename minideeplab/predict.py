@@ -13,9 +13,9 @@ import argparse
 import os
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from PIL import Image, ImageDraw
 
+from . import threads
 from .data import shapes, voc
 from .data.transforms import EvalTransform
 from .experiment import (ArgumentParser, CheckpointError, add_inference_flags, inference_scales,
@@ -77,7 +77,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    with threadpool_limits(args.threads):
+    with threads.limit(args.threads):
         return write_predictions(args)
 
 

@@ -23,10 +23,10 @@ import threading
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import functional as F
+from . import threads
 from .data.transforms import MEAN, SCALE_RANGE, SCALE_STEP, STD, Loader, TrainTransform
 from .experiment import (WEIGHT_DECAY, ArgumentParser, CheckpointError, build_dataset,
                          build_model, eval_loader, evaluate, freeze_batch_norm, load_checkpoint,
@@ -146,9 +146,9 @@ def parse_args(argv=None):
     p.add_argument("--stop-after", type=number(int, 1), help="stop after this many iterations, "
                    "leaving a checkpoint to --resume from (the schedule still runs to --iters)")
     p.add_argument("--seed", type=number(int, 0), default=0)
-    p.add_argument("--threads", type=number(int, 1), default=1, help="BLAS threads (default 1: "
-                   "the step's GEMMs are small, and two busy-waiting BLAS threads slow training "
-                   "~5x as soon as another process shares the cores)")
+    p.add_argument("--threads", type=number(int, 1), default=1, help="CPU threads of the NumPy "
+                   "path, BLAS on one (default 1: on cores another process shares, threads wait "
+                   "for each other)")
     args = p.parse_args(argv)
     if args.dataset == "voc" and not args.data_root:
         p.error("argument --data-root: --dataset voc needs it (the VOC2012 folder)")
@@ -405,7 +405,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        with threadpool_limits(args.threads):
+        with threads.limit(args.threads):
             return train(args, argv)
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C: nothing more is saved
         ckpt = os.path.join(args.out, "checkpoint.npz")

@@ -44,3 +44,20 @@ def assert_close(actual, expected, dtype=None, kind=None):
     actual = get_device("cpu").asarray(actual)
     key = kind or np.dtype(dtype or actual.dtype)
     np.testing.assert_allclose(actual, np.asarray(expected), **TOL[key])
+
+
+@pytest.fixture(autouse=True)
+def numpy_path_threads(monkeypatch):
+    """MINIDEEPLAB_TEST_THREADS=n: the NumPy path on n threads (BLAS on one), every op split
+    however small its work, a depthwise conv's images one to a chunk (tests/test_threads.py runs
+    the cpu suites so)."""
+    n = os.environ.get("MINIDEEPLAB_TEST_THREADS")
+    if not n:
+        yield
+        return
+    from minideeplab import threads
+    from minideeplab.functional import conv
+    monkeypatch.setattr(threads, "MIN_WORK", 1)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    with threads.limit(int(n)):
+        yield

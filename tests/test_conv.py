@@ -7,6 +7,7 @@ import scipy.signal
 
 import minideeplab as mdl
 import minideeplab.functional as F
+from minideeplab import threads
 from minideeplab.device import get_device
 from tests.conftest import assert_close
 
@@ -198,7 +199,10 @@ def test_the_numpy_path_reuses_its_column_buffers(monkeypatch):
         y.backward(gy)
         results.append([y.numpy(), xt.grad, wt.grad])
         kept.append([id(a) for arrays in conv.BUFFERS.free.values() for a in arrays])
-    assert len(kept[0]) == 2 and kept[1] == kept[0]  # the columns and their gradient, reused
+    # The columns and their gradient, a block of it per thread (fewer when a block gives its
+    # back before another takes one), kept and reused: the second step adds none.
+    assert set(kept[0]) <= set(kept[1])
+    assert len(kept[0]) >= 2 and len(kept[1]) <= 1 + min(threads.count(), 3)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
     assert_close(results[0][0], naive_conv(x, w, padding=1))

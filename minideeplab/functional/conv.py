@@ -17,6 +17,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from .. import threads
 from ..function import Function
 from ..kernels import BLOCK, DW_HALO, DW_RMAX, DW_TW, MAX_GRID, launch
 
@@ -128,6 +129,7 @@ class Conv2d(_Conv):
 
     NumPy path: columns (N, groups, C/groups*taps, Ho*Wo) of the live taps, one batched GEMM
     through ``xp.matmul`` (a 1x1 stride-1 conv is that GEMM on x itself); it keeps the columns.
+    Threads (``threads.over``) split im2col and col2im by channels, each GEMM by output rows.
     Kernel path: columns (C*taps, N*Ho*Wo), every image in a row, so the forward, the weight
     gradient and the column gradient are each one GEMM per group over the whole batch (a plain
     GEMM when groups = 1, through cuBLAS without copies of transposed operands); the output and
@@ -141,10 +143,16 @@ class Conv2d(_Conv):
         self.live = None if _is_pointwise(self.g) else _taps(self.g)
         g = self.g
         shape = (g.N, g.groups, g.C // g.groups * _n_taps(g, self.live), g.Ho * g.Wo)
-        self.cols = x.reshape(shape) if _is_pointwise(g) else self._im2col_cpu(x, shape)
+        if _is_pointwise(g):
+            self.cols = x.reshape(shape)
+        else:
+            self.cols = BUFFERS.take(shape, x.dtype)
+            threads.over(lambda cs: self._im2col_cpu(x, cs), g.C // g.groups, self.cols.size)
         self.pooled = None if _is_pointwise(g) else self.cols  # BUFFERS takes it back in release
         self.w = self._gemm_weight(w)
-        y = np.matmul(self.w, self.cols)
+        y = np.empty((g.N, g.groups, g.Cout // g.groups, g.Ho * g.Wo), x.dtype)
+        threads.over(lambda rows: np.matmul(self.w[:, rows], self.cols, out=y[:, :, rows]),
+                     g.Cout // g.groups, self._gemm_size())
         return self._add_bias(y.reshape(g.N, g.Cout, g.Ho, g.Wo), b)
 
     def backward_cpu(self, gy):
@@ -154,20 +162,13 @@ class Conv2d(_Conv):
         gy = np.ascontiguousarray(gy).reshape(g.N, G, g.Cout // G, g.Ho * g.Wo)
         gx = gw = None
         if self.needs_grad[0]:
-            if _is_pointwise(g):
-                gx = np.matmul(self.w.transpose(0, 2, 1), gy).reshape(g.N, g.C, g.H, g.W)
-            else:
-                gcols = np.matmul(self.w.transpose(0, 2, 1), gy,
-                                  out=BUFFERS.take(self.cols.shape, gy.dtype))
-                gx = self._col2im_cpu(gcols)
-                BUFFERS.give(gcols)
+            gx = np.empty((g.N, g.C, g.H, g.W), gy.dtype)
+            threads.over(lambda cs: self._input_grad_channels(gy, gx, cs), g.C // G,
+                         self._gemm_size())
         if self.needs_grad[1]:
-            # Sum over the batch one GEMM at a time: a (N, Cout, Cin*kh*kw) temporary can be big.
-            # An empty batch adds nothing: 0.
-            gw_taps = (np.matmul(gy[0], self.cols[0].transpose(0, 2, 1)) if g.N else
-                       np.zeros((G, g.Cout // G, self.cols.shape[2]), gy.dtype))
-            for n in range(1, g.N):
-                gw_taps += np.matmul(gy[n], self.cols[n].transpose(0, 2, 1))
+            gw_taps = np.empty((G, g.Cout // G, self.cols.shape[2]), gy.dtype)
+            threads.over(lambda rows: self._weight_grad_rows(gy, gw_taps, rows), g.Cout // G,
+                         self._gemm_size())
             taps = _n_taps(g, self.live)
             gw = gw_taps.reshape(g.Cout, g.C // G, taps)
             if self._dead_taps():  # their weights multiplied zeros: gradient 0
@@ -175,6 +176,36 @@ class Conv2d(_Conv):
                 gw[:, :, [t for t, _, _ in self.live]] = gw_taps.reshape(g.Cout, g.C // G, taps)
             gw = gw.reshape(g.Cout, g.C // G, g.kh, g.kw)
         return gx, gw, gb
+
+    def _input_grad_channels(self, gy, gx, cs):
+        """gx of channels ``cs`` of every group: their rows of the column gradient (a GEMM per
+        image and group), then col2im."""
+        g, taps = self.g, _n_taps(self.g, self.live)
+        wt = self.w.transpose(0, 2, 1)[:, cs.start * taps:cs.stop * taps]
+        if _is_pointwise(g):
+            np.matmul(wt, gy, out=self._per_group(gx.reshape(g.N, g.C, g.H * g.W))[:, :, cs])
+            return
+        gcols = np.matmul(wt, gy, out=BUFFERS.take(gy.shape[:2] + wt.shape[1:2] + gy.shape[3:],
+                                                   gy.dtype))
+        self._col2im_cpu(gcols, self._per_group(gx)[:, :, cs])
+        BUFFERS.give(gcols)
+
+    def _weight_grad_rows(self, gy, gw_taps, rows):
+        """Rows ``rows`` of each group's weight gradient: the images' GEMMs summed in order (an
+        (N, rows, C/G*taps) temporary would be large); an empty batch adds nothing: 0."""
+        gw = gw_taps[:, rows]
+        if not self.g.N:
+            gw.fill(0)
+            return
+        np.matmul(gy[0, :, rows], self.cols[0].transpose(0, 2, 1), out=gw)
+        for n in range(1, self.g.N):
+            gw += np.matmul(gy[n, :, rows], self.cols[n].transpose(0, 2, 1))
+
+    def _gemm_size(self):
+        """The multiply-adds of a GEMM over the batch, in elements of an element-wise pass: BLAS
+        does about 16 multiply-adds in the time a pass moves an element."""
+        g = self.g
+        return g.N * g.Cout * g.C // g.groups * _n_taps(g, self.live) * g.Ho * g.Wo // 16
 
     def release(self):
         if getattr(self, "pooled", None) is not None:
@@ -231,25 +262,31 @@ class Conv2d(_Conv):
             w = w[:, :, [t for t, _, _ in self.live]]
         return w.reshape(g.groups, g.Cout // g.groups, g.C // g.groups * _n_taps(g, self.live))
 
-    def _im2col_cpu(self, x, shape):
-        """Columns ``shape`` = (N, groups, C/groups*taps, Ho*Wo): row (c, t) holds the input under
-        live tap t of channel c at every output pixel, zero where it falls on padding."""
-        g = self.g
-        cols = BUFFERS.take(shape, x.dtype)
-        cols.fill(0)  # padding stays zero
-        view = cols.reshape(g.N, g.C, len(self.live), g.Ho, g.Wo)
-        for k, (_, out, inp) in enumerate(self.live):
-            view[:, :, k][(..., *out)] = x[(..., *inp)]
-        return cols
+    def _per_group(self, a):
+        """NCHW-like ``a`` (N, C, ...) as (N, groups, C/groups, ...): a view."""
+        # Not -1 for the channels: ambiguous when there are no images.
+        return a.reshape(a.shape[0], self.g.groups, a.shape[1] // self.g.groups, *a.shape[2:])
 
-    def _col2im_cpu(self, cols):
-        """The adjoint of im2col: add every column entry back onto the input pixel it came from."""
-        g = self.g
-        gx = np.zeros((g.N, g.C, g.H, g.W), cols.dtype)
-        view = cols.reshape(g.N, g.C, len(self.live), g.Ho, g.Wo)
+    def _column_view(self, cols):
+        """Columns (N, groups, C/groups*taps, Ho*Wo) as (N, groups, C/groups, taps, Ho, Wo)."""
+        g, taps = self.g, len(self.live)
+        return cols.reshape(*cols.shape[:2], cols.shape[2] // taps, taps, g.Ho, g.Wo)
+
+    def _im2col_cpu(self, x, cs):
+        """self.cols' rows of channels ``cs`` of every group: row (c, t) holds the input under
+        live tap t of channel c at every output pixel, zero where it falls on padding."""
+        view, x = self._column_view(self.cols)[:, :, cs], self._per_group(x)[:, :, cs]
+        view.fill(0)  # padding stays zero
         for k, (_, out, inp) in enumerate(self.live):
-            gx[(..., *inp)] += view[:, :, k][(..., *out)]
-        return gx
+            view[:, :, :, k][(..., *out)] = x[(..., *inp)]
+
+    def _col2im_cpu(self, gcols, gx):
+        """The adjoint of im2col: add every entry of ``gcols`` (N, groups, channels*taps, Ho*Wo)
+        back onto the pixel of ``gx`` (N, groups, channels, H, W) it came from."""
+        gx.fill(0)
+        view = self._column_view(gcols)
+        for k, (_, out, inp) in enumerate(self.live):
+            gx[(..., *inp)] += view[:, :, :, k][(..., *out)]
 
 
 class _Buffers:
@@ -302,16 +339,18 @@ def _gemm(xp, a, b, transpose_a=False, transpose_b=False):
 CHUNK_BYTES = 1 << 20
 
 
-def _image_chunks(g, itemsize):
-    """Slices of images whose channels-last input takes about CHUNK_BYTES (at least one image)."""
+def _image_chunks(g, itemsize, images=None):
+    """Slices of ``images`` (default: all) whose channels-last input takes about CHUNK_BYTES (at
+    least one image). The step is a function of the whole geometry, never of a thread's share:
+    the weight gradient's sums over images keep one order however the work is split."""
+    images = images or slice(0, g.N)
     step = max(1, CHUNK_BYTES // (g.H * g.W * g.C * itemsize))
-    return [slice(n, min(n + step, g.N)) for n in range(0, g.N, step)]
+    return [slice(n, min(n + step, images.stop)) for n in range(images.start, images.stop, step)]
 
 
-def _channels_last(a):
-    """(N, C, H, W) -> contiguous (N, H, W, C), 64 channels at a time: a cache-blocked transpose,
-    which touches fewer cache lines than one strided copy."""
-    out = np.empty((a.shape[0], *a.shape[2:], a.shape[1]), a.dtype)
+def _channels_last(a, out):
+    """(N, C, H, W) ``a`` into (N, H, W, C) ``out``, 64 channels at a time: a cache-blocked
+    transpose, which touches fewer cache lines than one strided copy."""
     for n in range(a.shape[0]):
         for c in range(0, a.shape[1], 64):
             out[n, ..., c:c + 64] = a[n, c:c + 64].transpose(1, 2, 0)
@@ -319,39 +358,69 @@ def _channels_last(a):
 
 
 class DepthwiseConv2d(_Conv):
-    """One input channel per group (Cout = C * multiplier): a multiply-add per tap, no GEMM."""
+    """One input channel per group (Cout = C * multiplier): a multiply-add per tap, no GEMM.
+    Threads (``threads.over``) split the images, the backward's by chunks (``_image_chunks``):
+    each chunk's weight gradient apart, then their sum in chunk order, the order one thread takes,
+    so every number is the same on any number of threads."""
 
     def forward_cpu(self, x, w, b=None):
         g = self.g
         m = g.Cout // g.C  # channel multiplier: output c*m + k reads input channel c
-        self.xh = _channels_last(x)  # (N, H, W, C)
+        self.xh = np.empty((g.N, g.H, g.W, g.C), x.dtype)
         self.wt = w.reshape(g.C, m, g.kh * g.kw).transpose(2, 0, 1).copy()  # (taps, C, m)
-        yh = np.zeros((g.N, g.Ho, g.Wo, g.C, m), x.dtype)
-        chunks = _image_chunks(g, x.itemsize)
-        buf = np.empty((chunks[0].stop if chunks else 0, g.Ho, g.Wo, g.C, m), x.dtype)
+        y = np.empty((g.N, g.Cout, g.Ho, g.Wo), x.dtype)
+        threads.over(lambda ns: self._forward_images(x, y, ns), g.N, x.size)
+        return self._add_bias(y, b)
+
+    def _forward_images(self, x, y, ns):
+        """y and self.xh for images ``ns``."""
+        g, m = self.g, self.g.Cout // self.g.C
+        _channels_last(x[ns], self.xh[ns])
+        yh = np.zeros((ns.stop - ns.start, g.Ho, g.Wo, g.C, m), x.dtype)
+        chunks = _image_chunks(g, x.itemsize, ns)
+        buf = np.empty((chunks[0].stop - chunks[0].start, g.Ho, g.Wo, g.C, m), x.dtype)
         for n in chunks:
             for t, out, inp in _taps(g):
                 part = buf[: n.stop - n.start, : out[0].stop - out[0].start,
                            : out[1].stop - out[1].start]
                 np.multiply(self.xh[(n, *inp)][..., None], self.wt[t], out=part)
-                yh[(n, *out)] += part
-        y = yh.reshape(g.N, g.Ho, g.Wo, g.Cout).transpose(0, 3, 1, 2).copy()
-        return self._add_bias(y, b)
+                yh[(slice(n.start - ns.start, n.stop - ns.start), *out)] += part
+        y[ns] = yh.reshape(-1, g.Ho, g.Wo, g.Cout).transpose(0, 3, 1, 2)
 
     def backward_cpu(self, gy):
         g = self.g
-        gyh = _channels_last(gy).reshape(g.N, g.Ho, g.Wo, g.C, g.Cout // g.C)
-        gxh = np.zeros_like(self.xh) if self.needs_grad[0] else None
-        gwt = np.zeros_like(self.wt) if self.needs_grad[1] else None  # (taps, C, m)
-        for n in _image_chunks(g, gy.itemsize):
+        gx = np.empty((g.N, g.C, g.H, g.W), gy.dtype) if self.needs_grad[0] else None
+        chunks = _image_chunks(g, gy.itemsize)
+        # The weight gradient of each chunk apart, then their sum in chunk order: the order of
+        # one thread that adds each chunk's as it goes.
+        parts = np.zeros((len(chunks),) + self.wt.shape, gy.dtype) if self.needs_grad[1] else None
+        threads.over(lambda ks: self._backward_chunks(gy, gx, parts, chunks, ks), len(chunks),
+                     gy.size)
+        gwt = None
+        if parts is not None:
+            gwt = np.zeros_like(self.wt)  # (taps, C, m)
+            for part in parts:
+                gwt += part
+            gwt = gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw)
+        return gx, gwt, self._bias_grad(gy)
+
+    def _backward_chunks(self, gy, gx, parts, chunks, ks):
+        """gx's images of ``chunks[ks]``, and their weight gradients into ``parts[ks]``."""
+        g, m = self.g, self.g.Cout // self.g.C
+        ns = slice(chunks[ks.start].start, chunks[ks.stop - 1].stop)
+        gyh = _channels_last(gy[ns], np.empty((ns.stop - ns.start, g.Ho, g.Wo, g.Cout), gy.dtype))
+        gyh = gyh.reshape(-1, g.Ho, g.Wo, g.C, m)
+        gxh = None if gx is None else np.zeros((ns.stop - ns.start, g.H, g.W, g.C), gy.dtype)
+        for k in range(ks.start, ks.stop):
+            n = slice(chunks[k].start - ns.start, chunks[k].stop - ns.start)
             for t, out, inp in _taps(g):
                 if gxh is not None:
                     gxh[(n, *inp)] += np.einsum("nhwcm,cm->nhwc", gyh[(n, *out)], self.wt[t])
-                if gwt is not None:
-                    gwt[t] += np.einsum("nhwcm,nhwc->cm", gyh[(n, *out)], self.xh[(n, *inp)])
-        return (None if gxh is None else gxh.transpose(0, 3, 1, 2).copy(),
-                None if gwt is None else gwt.transpose(1, 2, 0).reshape(g.Cout, 1, g.kh, g.kw),
-                self._bias_grad(gy))
+                if parts is not None:
+                    parts[k, t] += np.einsum("nhwcm,nhwc->cm", gyh[(n, *out)],
+                                             self.xh[(chunks[k], *inp)])
+        if gx is not None:
+            gx[ns] = gxh.transpose(0, 3, 1, 2)
 
     def forward_kernel(self, x, w, b=None):
         g = self.g

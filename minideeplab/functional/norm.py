@@ -16,6 +16,7 @@ one-block-per-channel kernels (channel_sum, bn_moments, ...) are the readable re
 """
 import numpy as np
 
+from .. import threads
 from ..function import Function
 from ..kernels import BLOCK, launch
 from ..tensor import Tensor
@@ -59,25 +60,39 @@ class BatchNorm(Function):
         return self.dev.xp.ascontiguousarray(a).reshape(N, C, H * W)
 
     def forward_cpu(self, x, gamma, beta):
-        xp, x3, M = self.dev.xp, self.x3, self.M
-        if not self.training:
-            mean, var = (r.astype(x.dtype) for r in self.running)
-        else:
-            mean = x3.sum(axis=2).sum(axis=0) / M  # NumPy sums pairwise along the contiguous axis
-            y = x3 - mean[:, None]  # the deviations, made into y in place below
-            var = _rowdot(xp, y, y) / M
-            for r, stat in zip(self.running, (mean, var * (M / (M - 1)))):
+        # Channel by channel: threads (``threads.over``) take blocks of channels.
+        C = x.shape[1]
+        self.mean, self.invstd = np.empty((2, C), x.dtype)
+        var, y = np.empty(C, x.dtype), np.empty_like(self.x3)
+        threads.over(lambda cs: self._forward_channels(gamma, beta, var, y, cs), C, x.size)
+        if self.training:
+            M = self.M
+            for r, stat in zip(self.running, (self.mean, var * (M / (M - 1)))):
                 r *= 1 - self.momentum
                 r += self.momentum * stat.astype(r.dtype)
-        self.mean, self.invstd = mean, 1 / xp.sqrt(var + self.eps)
+        return y.reshape(x.shape)
+
+    def _forward_channels(self, gamma, beta, var, y, cs):
+        """y, the mean, var and 1/std of channels ``cs``."""
+        x3, M, y = self.x3[:, cs], self.M, y[:, cs]
+        if not self.training:
+            mean, var[cs] = (r[cs].astype(x3.dtype) for r in self.running)
+        else:
+            mean = x3.sum(axis=2).sum(axis=0) / M  # NumPy sums pairwise along the contiguous axis
+            np.subtract(x3, mean[:, None], out=y)  # the deviations, made into y in place below
+            var[cs] = _rowdot(np, y, y) / M
+        self.mean[cs], self.invstd[cs] = mean, 1 / np.sqrt(var[cs] + self.eps)
         # One new array, no saved deviations: the backward recomputes them from x (which the
         # graph keeps anyway), halving the memory batch norm holds for it.
         if not self.training:
-            y = x3 - mean[:, None]
-        scale = gamma * self.invstd
+            np.subtract(x3, mean[:, None], out=y)
+        scale = gamma[cs] * self.invstd[cs]
         y *= scale[:, None]
-        y += beta[:, None]
-        return y.reshape(x.shape)
+        y += beta[cs, None]
+        self._relu_cpu(y)
+
+    def _relu_cpu(self, y):
+        """BatchNormReLU's ReLU, in place; nothing here."""
 
     # The elementwise kernels of each direction; BatchNormReLU's fuse the ReLU.
     relu, forward_name, dx_name = 0, "bn_forward", "bn_backward_dx"
@@ -103,22 +118,32 @@ class BatchNorm(Function):
         return y.reshape(x.shape)
 
     def backward_cpu(self, gy):
-        xp, M, invstd, gy3 = self.dev.xp, self.M, self.invstd, self._rows(gy)
-        d = self.x3 - self.mean[:, None]
-        dbeta, dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(xp, gy3, d)
-        dgamma, a = dgd * invstd, self.gamma * invstd  # dgd = sum(gy * (x - mean))
+        gy3, C = self._rows(gy), gy.shape[1]
+        dx, (dgamma, dbeta) = np.empty_like(gy3), np.empty((2, C), gy.dtype)
+        threads.over(lambda cs: self._backward_channels(gy3, dx, dgamma, dbeta, cs), C, gy.size)
+        return dx.reshape(gy.shape), dgamma, dbeta
+
+    def _backward_channels(self, gy3, dx, dgamma, dbeta, cs):
+        """dx, dgamma and dbeta of channels ``cs``."""
+        M, invstd, dx = self.M, self.invstd[cs], dx[:, cs]
+        d = self.x3[:, cs] - self.mean[cs, None]
+        gy3 = self._relu_grad_cpu(gy3[:, cs], d, cs)
+        dbeta[cs], dgd = gy3.sum(axis=2).sum(axis=0), _rowdot(np, gy3, d)
+        dgamma[cs], a = dgd * invstd, self.gamma[cs] * invstd  # dgd = sum(gy * (x - mean))
         # Training: dx = a * (gy - k1 - (x - mean) * k2), k1 = dbeta / M, k2 = invstd dgamma / M
         # (the batch statistics depend on x); eval: the statistics are constants, dx = a * gy.
-        if self.training:  # in place in d: ((gy - k1) - d * k2) * a
-            k1, k2 = dbeta / M, invstd * dgamma / M
-            dx = d
-            dx *= -k2[:, None]
+        if self.training:  # ((gy - k1) - d * k2) * a, in place in dx
+            k1, k2 = dbeta[cs] / M, invstd * dgamma[cs] / M
+            np.multiply(d, -k2[:, None], out=dx)
             dx += gy3
             dx -= k1[:, None]
             dx *= a[:, None]
         else:
-            dx = gy3 * a[:, None]
-        return dx.reshape(gy.shape), dgamma, dbeta
+            np.multiply(gy3, a[:, None], out=dx)
+
+    def _relu_grad_cpu(self, gy3, d, cs):
+        """BatchNormReLU's gradient through its ReLU; gy3 as it is here."""
+        return gy3
 
     def backward_kernel(self, gy):
         dev, gy3, (N, C, L) = self.dev, self._rows(gy), self.x3.shape
@@ -158,15 +183,16 @@ class BatchNormReLU(BatchNorm):
 
     def forward_cpu(self, x, gamma, beta):
         self.beta = beta
-        y = super().forward_cpu(x, gamma, beta)
-        return np.maximum(y, 0, out=y)
+        return super().forward_cpu(x, gamma, beta)
 
-    def backward_cpu(self, gy):
+    def _relu_cpu(self, y):
+        np.maximum(y, 0, out=y)
+
+    def _relu_grad_cpu(self, gy3, d, cs):
         # z as the forward made it: the same operations, so the same bits and the same mask.
-        z = self.x3 - self.mean[:, None]
-        z *= (self.gamma * self.invstd)[:, None]
-        z += self.beta[:, None]
-        return super().backward_cpu(gy * (z.reshape(gy.shape) > 0))
+        z = d * (self.gamma[cs] * self.invstd[cs])[:, None]
+        z += self.beta[cs, None]
+        return gy3 * (z > 0)
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
