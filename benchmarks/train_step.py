@@ -8,7 +8,8 @@ PyTorch gets a module-for-module mirror (benchmarks/torch_deeplab.py) with our i
 both first run two steps with dropout off and print their losses, which must match, then time
 ``--steps`` steps with dropout on (median, after warm-up; the GPU synchronised after each step).
 ``--threads N``: ours as ``train.py --threads N`` (the NumPy path on N threads, BLAS on one),
-PyTorch on N threads; FP32 with TF32 off.
+PyTorch on N threads (``--blas-threads N``: ours with BLAS on N threads instead); FP32 with TF32
+off.
 
 Peak memory: cpu and emu, the largest total of NumPy arrays allocated during one step
 (tracemalloc); cuda, CuPy's memory pool after one step from an emptied pool (what it reserved)
@@ -43,7 +44,8 @@ from minideeplab.optim import SGD  # noqa: E402
 from minideeplab.tensor import Tensor  # noqa: E402
 from minideeplab.train import PRESET  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    LaunchLog, default_json_path, device_info, set_threads, synchronize, write_json)
+    LaunchLog, blas_threads, default_json_path, device_info, set_threads, synchronize,
+    write_json)
 
 MODEL_KEYS = ("backbone", "width", "middle_blocks", "aspp_channels", "low_level_channels",
               "separable_aspp", "bn_momentum")
@@ -225,6 +227,8 @@ def run(args):
         raise SystemExit("--preset full is for a GPU (Xception-65 at 513x513 takes tens of GB)")
     if args.threads:
         set_threads(args.threads)
+    if args.blas_threads:  # the other way to use the cores, for comparison
+        blas_threads(args.blas_threads)
     info = device_info(device)
     use_torch = not args.no_torch and device != "emu" and importlib.util.find_spec("torch")
     torch_dev = "cuda" if device == "cuda" else "cpu"
@@ -236,7 +240,7 @@ def run(args):
             torch.backends.cudnn.allow_tf32 = False  # FP32 against FP32
             torch.backends.cuda.matmul.allow_tf32 = False
             if device == "cpu":
-                torch.set_num_threads(args.threads or os.cpu_count())
+                torch.set_num_threads(args.threads or args.blas_threads or os.cpu_count())
     batch = args.batch if args.batch not in (None, "max") else cfg["batch"]
     result = dict(preset="quick" if args.quick else args.preset, config=cfg, batch=int(batch),
                   device=device)
@@ -352,6 +356,8 @@ def main(argv=None):
                    help="output stride (default: the preset's)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     p.add_argument("--threads", type=int, help="CPU threads, ours (BLAS on one) and PyTorch's")
+    p.add_argument("--blas-threads", type=int, help="instead: the NumPy path on one thread, BLAS "
+                   "on this many (and PyTorch)")
     p.add_argument("--quick", action="store_true", help="a tiny model, one timed step (seconds)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--profile", type=int, nargs="?", const=30, default=0, metavar="N",
@@ -362,6 +368,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch == "max" and args.device != "cuda":
         p.error("--batch max needs --device cuda")
+    if args.threads and args.blas_threads:
+        p.error("--threads and --blas-threads are two ways to use the cores: give one")
     info, result = run(args)
     if args.json is not None:
         path = args.json or default_json_path(info).replace(".json", "-train_step.json")

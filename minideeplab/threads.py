@@ -19,8 +19,10 @@ from contextlib import contextmanager
 from threadpoolctl import threadpool_limits
 
 # A block below this many elements (of an element-wise pass; ``size``) costs less than handing
-# it to another thread: waking the thread and passing the GIL around each NumPy call.
-MIN_WORK = 1 << 16
+# it to another thread: waking a sleeping thread takes 10-100 us (66 us median on a 2-core VM,
+# twice per split: the worker, then the caller waiting for it), and the GIL passes between them
+# around every NumPy call. 2^18 measured best of 2^16-2^19 on the step (benchmarks/README.md).
+MIN_WORK = 1 << 18
 
 _threads, _pool = 1, None
 
