@@ -161,11 +161,10 @@ def blas_threads(n=None):
 
 def set_threads(n):
     """Our side on ``n`` threads as ``--threads n`` runs train.py: the NumPy path's own
-    (minideeplab.threads) and BLAS on one. -> n, the threads PyTorch then gets."""
+    (minideeplab.threads) and BLAS on one."""
     from minideeplab import threads
     threads.set_count(n)
     blas_threads(1)
-    return n
 
 
 def device_info(device):

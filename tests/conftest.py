@@ -56,8 +56,15 @@ def numpy_path_threads(monkeypatch):
         yield
         return
     from minideeplab import threads
+    split_everything(monkeypatch)
+    with threads.limit(int(n)):
+        yield
+
+
+def split_everything(monkeypatch):
+    """Every op split over the threads however small its work; a depthwise conv's images one to
+    a chunk, so that its split over chunks runs too."""
+    from minideeplab import threads
     from minideeplab.functional import conv
     monkeypatch.setattr(threads, "MIN_WORK", 1)
     monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
-    with threads.limit(int(n)):
-        yield

@@ -11,10 +11,9 @@ from threadpoolctl import threadpool_info
 
 import minideeplab.functional as F
 from minideeplab import threads
-from minideeplab.functional import conv
 from minideeplab.models import deeplabv3plus
 from minideeplab.tensor import Tensor
-from tests.conftest import assert_close
+from tests.conftest import assert_close, split_everything
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,8 +95,7 @@ def test_a_training_step_is_the_same_on_one_and_on_three_threads(monkeypatch):
     """Depthwise convs, batch norm and ReLU split without changing a bit; a conv's GEMMs split
     by rows, where BLAS may pick another kernel for the smaller GEMM: float64 round-off (grown
     through the backward to 3e-12 of a gradient)."""
-    monkeypatch.setattr(threads, "MIN_WORK", 1)
-    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)  # one image a chunk: the depthwise split too
+    split_everything(monkeypatch)
     one, three = training_step(1), training_step(3)
     assert len(one) == len(three) > 100
     for a, b in zip(one, three):

@@ -6,18 +6,15 @@ from ..function import Function
 from ..kernels import launch
 
 
-def _flat_blocks(fn, a):
-    """``fn(s)`` over blocks ``s`` of C-contiguous ``a``'s elements, split over threads."""
-    threads.over(fn, a.size, a.size)
-
-
 class ReLU(Function):
     name, reals = "relu", ("x",)
 
     def forward_cpu(self, x):
         x = np.ascontiguousarray(x)
         self.y = np.empty_like(x)
-        _flat_blocks(lambda s: np.maximum(x.reshape(-1)[s], 0, out=self.y.reshape(-1)[s]), x)
+        # Blocks of the elements, split over threads.
+        threads.over(lambda s: np.maximum(x.reshape(-1)[s], 0, out=self.y.reshape(-1)[s]),
+                     x.size, x.size)
         return self.y
 
     def forward_kernel(self, x):
@@ -27,8 +24,8 @@ class ReLU(Function):
 
     def backward_cpu(self, gy):
         gy, gx = np.ascontiguousarray(gy), np.empty_like(self.y)
-        _flat_blocks(lambda s: np.multiply(gy.reshape(-1)[s], self.y.reshape(-1)[s] > 0,
-                                           out=gx.reshape(-1)[s]), gy)
+        threads.over(lambda s: np.multiply(gy.reshape(-1)[s], self.y.reshape(-1)[s] > 0,
+                                           out=gx.reshape(-1)[s]), gy.size, gy.size)
         return gx
 
     def backward_kernel(self, gy):
