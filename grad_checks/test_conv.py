@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import minideeplab.functional as F
+from minideeplab.functional import conv
 from minideeplab.gradcheck import check_backward
 
 rng = np.random.default_rng(0)
@@ -46,6 +47,17 @@ def test_conv_gradient(name, mode, device):
     check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
                                                             normal(ws[0])],
                    device=device, mode=mode)
+
+
+@pytest.mark.parametrize("name", ["dense", "strided_odd", "atrous", "atrous_rate_beyond_map",
+                                  "grouped"])
+def test_conv_gradient_by_taps(name, monkeypatch):
+    """The NumPy path's other algorithm for dense convs (conv2d picks it where im2col would
+    multiply much padding), forced on every dense case."""
+    monkeypatch.setattr(conv, "TAPS_BELOW", 2)
+    xs, ws, kw = CASES[name]
+    check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
+                                                            normal(ws[0])], device="cpu")
 
 
 def test_separable_gradient(device):

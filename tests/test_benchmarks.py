@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import kernels, train_step
+from benchmarks import conv_algorithms, kernels, train_step
 
 
 @pytest.mark.slow  # ~4 s on emu
@@ -44,6 +44,17 @@ def test_train_step_quick(device, tmp_path):
     assert result["ours_s"] > 0 and result["ours_peak_bytes"] > 0
     if device == "emu":
         assert result["launches"]["launches"] == sum(result["launches"]["per_kernel"].values()) > 0
+
+
+def test_conv_algorithms_quick(tmp_path):
+    path = tmp_path / "c.json"
+    rows = conv_algorithms.main(["--quick", "--repeat", "1", "--no-torch", "--json", str(path)])
+    assert json.loads(path.read_text())["conv_algorithms"] == rows and len(rows) == 2
+    # rate 3 on 9x9: (6 + 9 + 6) / 27 of the rows and columns on the image, 60% < TAPS_BELOW
+    assert rows[0]["on_image"] == pytest.approx((21 / 27) ** 2)
+    assert [r["picked"] for r in rows] == ["TapConv2d", "TapConv2d"]
+    assert all(r[a][t] > 0 for r in rows for a in ("Conv2d", "TapConv2d")
+               for t in ("forward_ms", "backward_ms"))
 
 
 def test_largest_batch_stops_at_out_of_memory_only():

@@ -9,6 +9,7 @@ import minideeplab as mdl
 import minideeplab.functional as F
 from minideeplab import threads
 from minideeplab.device import get_device
+from minideeplab.functional import conv
 from tests.conftest import assert_close
 
 rng = np.random.default_rng(0)
@@ -78,6 +79,40 @@ def test_matches_naive_loops(case, dtype, device):
     y = run(device, x, w, b, **kw)
     assert y.dtype == dtype
     check(y, naive_conv(x.astype(np.float64), w.astype(np.float64), b, **kw), dtype)
+
+
+# The NumPy path's two algorithms for dense (and grouped) convs, each on every dense case:
+# conv2d picks one from the geometry, so each would otherwise meet only some of them.
+DENSE = sorted(c for c in CASES if not c.startswith("depthwise"))
+
+
+@pytest.mark.parametrize("algorithm", [conv.Conv2d, conv.TapConv2d])
+@pytest.mark.parametrize("case", DENSE)
+def test_both_numpy_algorithms_match_naive_loops(case, algorithm):
+    xs, ws, kw, bias = CASES[case]
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    b = rng.standard_normal(ws[0]) if bias else None
+    g = conv._geometry(xs, ws, None, kw.get("stride", 1), kw.get("padding", 0),
+                       kw.get("dilation", 1), kw.get("groups", 1))
+    args = [mdl.Tensor(a) for a in (x, w, b) if a is not None]
+    check(algorithm(g)(*args).numpy(), naive_conv(x, w, b, **kw), np.float64)
+
+
+def test_taps_run_where_im2col_would_multiply_much_padding():
+    """conv2d's choice: TapConv2d below TAPS_BELOW of im2col's multiply-adds on the image. The
+    ASPP's 3x3 at rate 6 on a 17x17 map: the outer taps see 11 of 17 rows (and columns), so
+    ((11 + 17 + 11) / 51)^2 = 58% on the image; rate 12: 5 of 17, 28%; at rate 18 only the centre
+    tap is live (a 1x1 conv: all on the image). The decoder's 3x3 on 65x65: (64+65+64)/195, 98%."""
+    def picked(size, rate, c=512):
+        g = conv._geometry((4, c, size, size), (64, c, 3, 3), None, 1, rate, rate, 1)
+        return conv._op_class(g), conv._on_image(g, conv._taps(g))
+
+    assert picked(17, 6) == (conv.TapConv2d, pytest.approx((39 / 51) ** 2))
+    assert picked(17, 12) == (conv.TapConv2d, pytest.approx((27 / 51) ** 2))
+    assert picked(17, 18) == (conv.Conv2d, 1.0)
+    assert picked(65, 1, 88) == (conv.Conv2d, pytest.approx((193 / 195) ** 2))
+    # the default preset's (crop 65, output stride 8): the decoder at 17x17, ASPP at 9x9
+    assert picked(17, 1, 88)[0] is conv.Conv2d and picked(9, 12)[0] is conv.Conv2d
 
 
 def zero_inserted(k, rate):
@@ -187,8 +222,8 @@ def test_the_numpy_path_reuses_its_column_buffers(monkeypatch):
     """The NumPy path takes its columns and column gradients from conv.BUFFERS (kept across
     steps for arrays above 32 MiB; here for every size) and gives them back once the backward is
     done: a second step reuses them, and its numbers are the first step's, bit for bit."""
-    from minideeplab.functional import conv
     monkeypatch.setattr(conv, "BUFFERS", conv._Buffers(smallest=0))
+    monkeypatch.setattr(conv, "TAPS_BELOW", 0)  # im2col (a 3x3 on 9x9 is 73% on the image)
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
     gy = rng.standard_normal((2, 4, 9, 9))

@@ -102,6 +102,25 @@ def test_a_training_step_is_the_same_on_one_and_on_three_threads(monkeypatch):
         assert_close(b, a)
 
 
+def test_taps_give_the_same_bits_on_any_number_of_threads(monkeypatch):
+    """TapConv2d (an ASPP-like 3x3 at rate 3 on a 9x9 map) splits its forward and input gradient
+    by images and its weight gradient by taps: every number comes from the same calls."""
+    split_everything(monkeypatch)
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((3, 4, 9, 9)), rng.standard_normal((5, 4, 3, 3)), np.ones(5)
+    gy = rng.standard_normal((3, 5, 9, 9))
+    runs = []
+    for count in (1, 3):
+        ts = [Tensor(a, requires_grad=True) for a in (x, w, b)]
+        with threads.limit(count):
+            y = F.atrous_conv2d(*ts, rate=3)
+            assert type(y.creator).__name__ == "TapConv2d"
+            y.backward(gy)
+        runs.append([y.numpy()] + [t.grad for t in ts])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_the_cpu_suites_pass_with_every_op_split_over_three_threads():
     """The conv, norm, autograd, model and gradient-check tests against their references (naive

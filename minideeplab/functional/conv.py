@@ -8,7 +8,10 @@ one from the geometry, and the named wrappers below are what the models read. Ea
   to the output rows/columns whose input lies inside the image, so nothing is ever padded, and a
   tap that only sees padding costs nothing: it gets no column rows and its weights stay out of the
   GEMM (ASPP rate 36 on a 33x33 map, or rate 12 on a 9x9 one, degenerates to a 1x1 conv, as
-  DeepLabv3 Sec. 3.3 notes, and costs what a 1x1 conv costs).
+  DeepLabv3 Sec. 3.3 notes, and costs what a 1x1 conv costs). Where the taps that do see the
+  image still see much padding (the ASPP's 3x3 convs at rate 6 on a 17x17 map: 42% of im2col's
+  multiply-adds are by zeros), ``TapConv2d`` runs one GEMM per tap over just its outputs on the
+  image instead.
 - kernels (``cuda``, ``emu``): ``kernels/conv.cu`` builds the same column matrix (im2col) and
   scatters it back (col2im); the GEMM goes through ``xp.matmul``; depthwise convs run direct
   kernels. 1x1 stride-1 convs are the same GEMM as on the NumPy path.
@@ -103,6 +106,13 @@ def _geom_args(g):
 
 def _n_taps(g, live):
     return g.kh * g.kw if live is None else len(live)
+
+
+def _on_image(g, live):
+    """The share of im2col's multiply-adds over the ``live`` taps whose input lies on the image
+    (the rest multiply padding: zeros)."""
+    pixels = sum((o[0].stop - o[0].start) * (o[1].stop - o[1].start) for _, o, _ in live)
+    return pixels / max(1, len(live) * g.Ho * g.Wo)
 
 
 class _Conv(Function):
@@ -287,6 +297,95 @@ class Conv2d(_Conv):
         view = self._column_view(gcols)
         for k, (_, out, inp) in enumerate(self.live):
             gx[(..., *inp)] += view[:, :, :, k][(..., *out)]
+
+
+# conv2d runs a geometry as TapConv2d on cpu when less than this share of im2col's multiply-adds
+# would see the image: one GEMM per tap then does less work, but copies each tap's input and
+# output gradient, and runs each GEMM on fewer outputs. Measured on the NumPy path (1 thread,
+# batch 4, benchmarks/README.md): at 58% (3x3 rate 6 on 17x17, 512 channels) forward and backward
+# take 0.5x and 0.6x of im2col's time, at 77% 0.6x and 0.85x, at 88% about the same, at 94% (the
+# decoder's 3x3 on 65x65) the backward takes 1.2x.
+TAPS_BELOW = 0.85
+
+
+class TapConv2d(Conv2d):
+    """A dense (or grouped) conv as one GEMM per live tap, each over just the outputs whose input
+    lies on the image: no multiply by padding, no column matrix (NumPy path; the kernel path is
+    Conv2d's). Every output adds its taps' products in tap order. It keeps each tap's input as a
+    contiguous copy for the weight gradient. Threads (``threads.over``) split the forward and the
+    input gradient by images, the weight gradient by taps: every number is the same on any number
+    of threads."""
+
+    def forward_cpu(self, x, w, b=None):
+        g = self.g
+        self.live = _taps(g)
+        # (taps, groups, Cout/groups, Cin/groups): each tap's weights contiguous for the GEMM.
+        self.wt = w.reshape(g.groups, g.Cout // g.groups, g.C // g.groups, g.kh * g.kw)
+        self.wt = np.ascontiguousarray(self.wt.transpose(3, 0, 1, 2))
+        self.inputs_on_image = [np.empty(self._per_group(x)[(..., *inp)].shape, x.dtype)
+                                for _, _, inp in self.live]
+        y = np.empty((g.N, g.Cout, g.Ho, g.Wo), x.dtype)
+        threads.over(lambda ns: self._forward_images(x, y, ns), g.N, self._gemm_size())
+        return self._add_bias(y, b)
+
+    def _forward_images(self, x, y, ns):
+        """y's images ``ns``: each tap's product added onto its outputs, from zero."""
+        xg, yg = self._per_group(x[ns]), self._per_group(y[ns])
+        yg.fill(0)
+        for (t, out, inp), xt in zip(self.live, self.inputs_on_image):
+            xt[ns] = xg[(..., *inp)]
+            yg[(..., *out)] += self._tap_gemm(self.wt[t], xt[ns], yg.shape[2])
+
+    def backward_cpu(self, gy):
+        g = self.g
+        gyg = self._per_group(gy)
+        grads_on_image = [np.empty(gyg[(..., *out)].shape, gy.dtype) for _, out, _ in self.live]
+        gx = np.empty((g.N, g.C, g.H, g.W), gy.dtype) if self.needs_grad[0] else None
+        threads.over(lambda ns: self._input_grad_images(gyg, grads_on_image, gx, ns), g.N,
+                     self._gemm_size())
+        gw = None
+        if self.needs_grad[1]:
+            gw = np.zeros((g.groups, g.Cout // g.groups, g.C // g.groups, g.kh * g.kw), gy.dtype)
+            threads.over(lambda ks: self._weight_grad_taps(grads_on_image, gw, ks),
+                         len(self.live), self._gemm_size())
+            gw = gw.reshape(g.Cout, g.C // g.groups, g.kh, g.kw)
+        return gx, gw, self._bias_grad(gy)
+
+    def _input_grad_images(self, gyg, grads_on_image, gx, ns):
+        """For images ``ns``: each tap's output gradient on the image, copied for the weight
+        gradient, and gx, each tap's product with the weights added onto its inputs, from zero."""
+        for (_, out, _), gt in zip(self.live, grads_on_image):
+            gt[ns] = gyg[ns][(..., *out)]
+        if gx is None:
+            return
+        gxg = self._per_group(gx[ns])
+        gxg.fill(0)
+        for (t, _, inp), gt in zip(self.live, grads_on_image):
+            gxg[(..., *inp)] += self._tap_gemm(self.wt[t].swapaxes(1, 2), gt[ns], gxg.shape[2])
+
+    def _weight_grad_taps(self, grads_on_image, gw, ks):
+        """The weight gradients of live taps ``ks``: per tap, the images' GEMMs summed in order;
+        no images add nothing (gw stays 0)."""
+        for k in range(ks.start, ks.stop):
+            t = self.live[k][0]
+            gt, xt = grads_on_image[k], self.inputs_on_image[k]
+            for n in range(self.g.N):
+                gw[..., t] += np.matmul(self._flat(gt[n]), self._flat(xt[n]).swapaxes(1, 2))
+
+    def _tap_gemm(self, wt, a, rows):
+        """wt (groups, rows, K) times each image of ``a`` (images, groups, K, h, w), shaped like
+        ``a`` with ``rows`` channels a group."""
+        return np.matmul(wt, self._flat(a)).reshape(*a.shape[:2], rows, *a.shape[3:])
+
+    @staticmethod
+    def _flat(a):
+        """(..., h, w) -> (..., h*w): the GEMMs' outputs as one axis (a view of a copy we made)."""
+        return a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1])
+
+    def _gemm_size(self):
+        """As Conv2d's, over the outputs each live tap has on the image."""
+        g = self.g
+        return int(Conv2d._gemm_size(self) * _on_image(g, self.live))
 
 
 class _Buffers:
@@ -501,11 +600,20 @@ def _depthwise_launch(dev, kernel, arrays, g, tile, window):
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, NCHW, w (Cout, Cin/groups, kh, kw); ARCHITECTURE.md s. 9.
-    Depthwise geometries run ``DepthwiseConv2d``, all others ``Conv2d``."""
+    Depthwise geometries run ``DepthwiseConv2d``; those whose taps see much padding
+    ``TapConv2d`` (on cpu; TAPS_BELOW); all others ``Conv2d``."""
     g = _geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation,
                   groups)
-    op = (DepthwiseConv2d if _is_depthwise(g) else Conv2d)(g)
+    op = _op_class(g)(g)
     return op(x, w) if b is None else op(x, w, b)
+
+
+def _op_class(g):
+    if _is_depthwise(g):
+        return DepthwiseConv2d
+    if not _is_pointwise(g) and _on_image(g, _taps(g)) < TAPS_BELOW:
+        return TapConv2d
+    return Conv2d
 
 
 def atrous_conv2d(x, w, b=None, rate=1, stride=1, groups=1):
