@@ -299,13 +299,13 @@ class Conv2d(_Conv):
             gx[(..., *inp)] += view[:, :, :, k][(..., *out)]
 
 
-# conv2d runs a geometry as TapConv2d on cpu when less than this share of im2col's multiply-adds
-# would see the image: one GEMM per tap then does less work, but copies each tap's input and
-# output gradient, and runs each GEMM on fewer outputs. Measured on the NumPy path (1 thread,
-# batch 4, benchmarks/README.md): at 58% (3x3 rate 6 on 17x17, 512 channels) forward and backward
-# take 0.5x and 0.6x of im2col's time, at 77% 0.6x and 0.85x, at 88% about the same, at 94% (the
-# decoder's 3x3 on 65x65) the backward takes 1.2x.
-TAPS_BELOW = 0.85
+# conv2d runs a geometry as TapConv2d when less than this share of im2col's multiply-adds would
+# see the image: one GEMM per tap then does less work, though it copies each tap's inputs and
+# output gradients and runs each GEMM on fewer outputs. Time against im2col's, forward and
+# backward, on one thread at batch 4 (benchmarks/conv_algorithms.py, benchmarks/README.md): 0.5x
+# and 0.6x at 58% on the image (the ASPP's rate 6 on 17x17), 0.7x and 0.85x at 88%, the same at
+# 92%, 1.3x and 1.4x at 98% (the decoder's 3x3 on 65x65).
+TAPS_BELOW = 0.9
 
 
 class TapConv2d(Conv2d):
