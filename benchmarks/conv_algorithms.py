@@ -1,13 +1,16 @@
-"""The NumPy path's two algorithms for a dense conv, side by side (functional/conv.py): im2col
-and one GEMM (``Conv2d``), and one GEMM per tap over just its outputs on the image
-(``TapConv2d``), forward and backward (x and w gradients), at DeepLabv3+'s dense 3x3 convs on the
-CPU. Each case gives the share of im2col's multiply-adds on the image, which ``conv2d`` compares
-with ``TAPS_BELOW`` to pick one, and, when torch is importable, PyTorch's times on the same
-arrays. Both algorithms are first checked against a float64 reference (einsum over the padded
-input) on image 0.
+"""The NumPy path's two algorithms for each kind of conv, side by side (functional/conv.py),
+forward and backward (x and w gradients), at DeepLabv3+'s 3x3 convs on the CPU:
+- dense: im2col and one GEMM (``Conv2d``), and one GEMM per tap over just its outputs on the
+  image (``TapConv2d``); each case gives the share of im2col's multiply-adds on the image, which
+  ``conv2d`` compares with ``TAPS_BELOW`` to pick one;
+- depthwise: a multiply-add per tap over channels-last images (``DepthwiseConv2d``), and over the
+  padded maps laid out flat (``FlatDepthwiseConv2d``), which ``conv2d`` picks for stride-1 maps at
+  least ``FLAT_MIN_WIDTH`` wide.
+When torch is importable, PyTorch's times on the same arrays follow. Both algorithms are first
+checked against a float64 reference (einsum over the padded input) on image 0.
 
     python benchmarks/conv_algorithms.py --threads 1   # batch 4, the NumPy path and BLAS on 1
-    python benchmarks/conv_algorithms.py --quick       # two tiny cases: the harness
+    python benchmarks/conv_algorithms.py --quick       # tiny cases: the harness
 """
 import argparse
 import importlib.util
@@ -22,44 +25,57 @@ from minideeplab.functional import conv  # noqa: E402
 from benchmarks.common import (cpu_ms, default_json_path, device_info, set_threads,  # noqa: E402
                                write_json)
 
-# name -> (C, size, Cout, rate): 3x3 convs with "same" padding, where the models have them.
+# name -> (C, size, Cout, rate, groups): 3x3 convs with "same" padding, where the models have them.
 CASES = {
-    "ASPP rate 6, 9x9 (crop 129, OS 16)": (512, 9, 64, 6),
-    "ASPP rate 6, 17x17 (crop 257, OS 16)": (512, 17, 64, 6),
-    "ASPP rate 12, 17x17 (crop 257, OS 16)": (512, 17, 64, 12),
-    "ASPP rate 6, 33x33 (crop 513, OS 16)": (512, 33, 64, 6),
-    "rate 3, 256 ch, 33x33": (256, 33, 64, 3),
-    "182 ch, 17x17": (182, 17, 182, 1),
-    "decoder 88->64, 17x17 (default preset)": (88, 17, 64, 1),
-    "decoder 88->64, 65x65 (crop 257, OS 16)": (88, 65, 64, 1),
+    "ASPP rate 6, 9x9 (crop 129, OS 16)": (512, 9, 64, 6, 1),
+    "ASPP rate 6, 17x17 (crop 257, OS 16)": (512, 17, 64, 6, 1),
+    "ASPP rate 12, 17x17 (crop 257, OS 16)": (512, 17, 64, 12, 1),
+    "ASPP rate 6, 33x33 (crop 513, OS 16)": (512, 33, 64, 6, 1),
+    "rate 3, 256 ch, 33x33": (256, 33, 64, 3, 1),
+    "182 ch, 17x17": (182, 17, 182, 1, 1),
+    "decoder 88->64, 17x17 (default preset)": (88, 17, 64, 1, 1),
+    "decoder 88->64, 65x65 (crop 257, OS 16)": (88, 65, 64, 1, 1),
+    "depthwise 16 ch, 129x129 (crop 257)": (16, 129, 16, 1, 16),
+    "depthwise 32 ch, 129x129 (crop 257)": (32, 129, 32, 1, 32),
+    "depthwise 64 ch, 65x65 (crop 257)": (64, 65, 64, 1, 64),
+    "depthwise 32 ch, 33x33 (default preset)": (32, 33, 32, 1, 32),
+    "depthwise 182 ch, 33x33 (crop 257)": (182, 33, 182, 1, 182),
+    "depthwise 728 ch, 33x33 (crop 513)": (728, 33, 728, 1, 728),
+    "depthwise 182 ch, 17x17 (crop 257)": (182, 17, 182, 1, 182),
+    "depthwise 182 ch, 9x9 (default preset)": (182, 9, 182, 1, 182),
 }
-QUICK = {"tiny rate 3, 9x9": (8, 9, 4, 3), "tiny 5x5": (4, 5, 4, 1)}
+QUICK = {"tiny rate 3, 9x9": (8, 9, 4, 3, 1), "tiny 5x5": (4, 5, 4, 1, 1),
+         "tiny depthwise 9x9": (4, 9, 4, 1, 4)}
+ALGORITHMS = {"dense": (conv.Conv2d, conv.TapConv2d),
+              "depthwise": (conv.DepthwiseConv2d, conv.FlatDepthwiseConv2d)}
 
 
-def reference_image0(x, w, rate):
+def reference_image0(x, w, rate, groups):
     """float64 output of image 0, an einsum per tap over the zero-padded input (not conv.py)."""
     x0 = np.pad(x[0].astype(np.float64), ((0, 0), (rate, rate), (rate, rate)))
-    size = x.shape[2]
-    return sum(np.einsum("oc,chw->ohw", w[:, :, i, j].astype(np.float64),
+    size, product = x.shape[2], "oc,chw->ohw" if groups == 1 else "c,chw->chw"
+    return sum(np.einsum(product, w[:, :, i, j].astype(np.float64).squeeze(),
                          x0[:, i * rate:i * rate + size, j * rate:j * rate + size])
                for i in range(3) for j in range(3))
 
 
 def run_case(name, shape, batch, repeat):
-    C, size, Cout, rate = shape
+    C, size, Cout, rate, groups = shape
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, C, size, size), dtype=np.float32)
-    w = rng.standard_normal((Cout, C, 3, 3), dtype=np.float32) * np.float32(1 / np.sqrt(9 * C))
+    w = rng.standard_normal((Cout, C // groups, 3, 3), dtype=np.float32)
+    w *= np.float32(1 / np.sqrt(9 * C // groups))
     gy = rng.standard_normal((batch, Cout, size, size), dtype=np.float32)
-    g = conv._geometry(x.shape, w.shape, None, 1, rate, rate, 1)
+    g = conv._geometry(x.shape, w.shape, None, 1, rate, rate, groups)
     row = dict(case=name, on_image=conv._on_image(g, conv._taps(g)),
                picked=conv._op_class(g).__name__)
-    reference = reference_image0(x, w, rate)
-    for algorithm in (conv.Conv2d, conv.TapConv2d):
+    reference = reference_image0(x, w, rate, groups)
+    pair = ALGORITHMS["depthwise" if groups > 1 else "dense"]
+    for algorithm in pair:
         row[algorithm.__name__] = time_algorithm(algorithm, g, x, w, gy, reference, repeat)
-    print(f"{name:42s} {100 * row['on_image']:4.0f}% on the image, picks {row['picked']:9s}  "
-          + "  ".join(f"{a} fwd {row[a]['forward_ms']:7.2f} bwd {row[a]['backward_ms']:7.2f} ms"
-                      for a in ("Conv2d", "TapConv2d")))
+    print(f"{name:42s} {100 * row['on_image']:4.0f}% on the image, picks {row['picked']:19s} "
+          + "  ".join(f"{a.__name__} fwd {row[a.__name__]['forward_ms']:7.2f} bwd "
+                      f"{row[a.__name__]['backward_ms']:7.2f} ms" for a in pair))
     return row
 
 
@@ -75,13 +91,15 @@ def time_algorithm(algorithm, g, x, w, gy, reference, repeat):
 def torch_case(row, shape, batch, repeat):
     """PyTorch's conv on the same shapes (only when torch is importable; never in the package)."""
     import torch
-    C, size, Cout, rate = shape
+    C, size, Cout, rate, groups = shape
     rng = np.random.default_rng(0)
     X = torch.tensor(rng.standard_normal((batch, C, size, size), dtype=np.float32),
                      requires_grad=True)
-    W = torch.tensor(rng.standard_normal((Cout, C, 3, 3), dtype=np.float32), requires_grad=True)
+    W = torch.tensor(rng.standard_normal((Cout, C // groups, 3, 3), dtype=np.float32),
+                     requires_grad=True)
     GY = torch.tensor(rng.standard_normal((batch, Cout, size, size), dtype=np.float32))
-    fwd = lambda: torch.nn.functional.conv2d(X, W, padding=rate, dilation=rate)  # noqa: E731
+    fwd = lambda: torch.nn.functional.conv2d(X, W, padding=rate, dilation=rate,  # noqa: E731
+                                             groups=groups)
     Y = fwd()
 
     def backward():
@@ -97,7 +115,7 @@ def torch_case(row, shape, batch, repeat):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="two tiny cases, batch 1: the harness")
+    p.add_argument("--quick", action="store_true", help="three tiny cases, batch 1: the harness")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeat", type=int, default=7, help="timed repetitions (median)")
     p.add_argument("--threads", type=int, default=1, help="the NumPy path's threads (BLAS on 1) "

@@ -60,6 +60,16 @@ def test_conv_gradient_by_taps(name, monkeypatch):
                                                             normal(ws[0])], device="cpu")
 
 
+@pytest.mark.parametrize("name", ["depthwise_atrous", "depthwise_rate_beyond_map"])
+def test_flat_depthwise_gradient(name, monkeypatch):
+    """The NumPy path's other algorithm for stride-1 depthwise convs (conv2d picks it on wide
+    maps), forced on the cases it takes."""
+    monkeypatch.setattr(conv, "FLAT_MIN_WIDTH", 1)
+    xs, ws, kw = CASES[name]
+    check_backward(lambda x, w, b: F.conv2d(x, w, b, **kw), [normal(*xs), normal(*ws),
+                                                            normal(ws[0])], device="cpu")
+
+
 def test_separable_gradient(device):
     check_backward(lambda x, wd, wp: F.separable_conv2d(x, wd, wp, rate=2),
                    [normal(1, 2, 4, 4), normal(2, 1, 3, 3), normal(3, 2, 1, 1)], device=device)

@@ -49,11 +49,12 @@ def test_train_step_quick(device, tmp_path):
 def test_conv_algorithms_quick(tmp_path):
     path = tmp_path / "c.json"
     rows = conv_algorithms.main(["--quick", "--repeat", "1", "--no-torch", "--json", str(path)])
-    assert json.loads(path.read_text())["conv_algorithms"] == rows and len(rows) == 2
+    assert json.loads(path.read_text())["conv_algorithms"] == rows and len(rows) == 3
     # rate 3 on 9x9: (6 + 9 + 6) / 27 of the rows and columns on the image, 60% < TAPS_BELOW
     assert rows[0]["on_image"] == pytest.approx((21 / 27) ** 2)
-    assert [r["picked"] for r in rows] == ["TapConv2d", "TapConv2d"]
-    assert all(r[a][t] > 0 for r in rows for a in ("Conv2d", "TapConv2d")
+    assert [r["picked"] for r in rows] == ["TapConv2d", "TapConv2d", "DepthwiseConv2d"]
+    pairs = [("Conv2d", "TapConv2d")] * 2 + [("DepthwiseConv2d", "FlatDepthwiseConv2d")]
+    assert all(r[a][t] > 0 for r, pair in zip(rows, pairs) for a in pair
                for t in ("forward_ms", "backward_ms"))
 
 

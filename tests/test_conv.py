@@ -115,6 +115,56 @@ def test_taps_run_where_im2col_would_multiply_much_padding():
     assert picked(17, 1, 88)[0] is conv.Conv2d and picked(9, 12)[0] is conv.Conv2d
 
 
+# Stride-1 depthwise convs without a multiplier: the geometries FlatDepthwiseConv2d takes.
+FLAT = {
+    "atrous": ((2, 3, 7, 8), (3, 1, 3, 3), dict(padding=2, dilation=2, groups=3)),
+    "uneven_padding": ((1, 2, 6, 7), (2, 1, 3, 3), dict(padding=(1, 0), groups=2)),
+    "rate_beyond_map": ((1, 2, 3, 3), (2, 1, 3, 3), dict(padding=4, dilation=4, groups=2)),
+    "pairs": ((2, 2, 5, 5), (2, 1, 3, 2), dict(padding=(1, 2), dilation=(1, 2), groups=2)),
+    "no_images": ((0, 2, 5, 5), (2, 1, 3, 3), dict(padding=1, groups=2)),
+}
+
+
+@pytest.mark.parametrize("algorithm", [conv.DepthwiseConv2d, conv.FlatDepthwiseConv2d])
+@pytest.mark.parametrize("case", sorted(FLAT))
+def test_both_numpy_depthwise_algorithms_match_naive_loops(case, algorithm):
+    xs, ws, kw = FLAT[case]
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    g = conv._geometry(xs, ws, None, 1, kw["padding"], kw.get("dilation", 1), kw["groups"])
+    y = algorithm(g)(*[mdl.Tensor(a) for a in (x, w, b)]).numpy()
+    assert y.shape == naive_conv(x, w, b, **kw).shape
+    check(y, naive_conv(x, w, b, **kw), np.float64)
+
+
+@pytest.mark.parametrize("case", sorted(FLAT))
+def test_flat_depthwise_adds_the_same_products_in_the_same_order(case):
+    """FlatDepthwiseConv2d's promise: its forward and input gradient are DepthwiseConv2d's, bit
+    for bit (a product with padding adds an exact 0)."""
+    xs, ws, kw = FLAT[case]
+    x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+    gy = None
+    g = conv._geometry(xs, ws, None, 1, kw["padding"], kw.get("dilation", 1), kw["groups"])
+    results = []
+    for algorithm in (conv.DepthwiseConv2d, conv.FlatDepthwiseConv2d):
+        xt = mdl.Tensor(x, requires_grad=True)
+        y = algorithm(g)(xt, mdl.Tensor(w, requires_grad=True))
+        gy = rng.standard_normal(y.shape).astype(np.float32) if gy is None else gy
+        y.backward(gy)
+        results.append((y.numpy(), xt.grad))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flat_depthwise_runs_on_wide_stride_one_maps():
+    def picked(size, stride=1, multiplier=1, c=32):
+        g = conv._geometry((4, c, size, size), (c * multiplier, 1, 3, 3), None, stride, 1, 1, c)
+        return conv._op_class(g)
+
+    assert picked(129) is picked(65) is conv.FlatDepthwiseConv2d
+    assert picked(129, stride=2) is picked(129, multiplier=2) is conv.DepthwiseConv2d
+    assert picked(33) is picked(17, c=182) is conv.DepthwiseConv2d  # the default preset's maps
+
+
 def zero_inserted(k, rate):
     """The atrous filter as a dense one: rate - 1 zeros between the taps (Sec. 3.1)."""
     kh, kw = k.shape

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_info
 
 import minideeplab.functional as F
 from minideeplab import threads
+from minideeplab.functional import conv
 from minideeplab.models import deeplabv3plus
 from minideeplab.tensor import Tensor
 from tests.conftest import assert_close, split_everything
@@ -102,19 +103,24 @@ def test_a_training_step_is_the_same_on_one_and_on_three_threads(monkeypatch):
         assert_close(b, a)
 
 
-def test_taps_give_the_same_bits_on_any_number_of_threads(monkeypatch):
+@pytest.mark.parametrize("op, cout, groups", [("TapConv2d", 5, 1),
+                                              ("FlatDepthwiseConv2d", 4, 4)])
+def test_taps_and_flat_depthwise_give_the_same_bits_on_any_number_of_threads(op, cout, groups,
+                                                                            monkeypatch):
     """TapConv2d (an ASPP-like 3x3 at rate 3 on a 9x9 map) splits its forward and input gradient
-    by images and its weight gradient by taps: every number comes from the same calls."""
+    by images and its weight gradient by taps, FlatDepthwiseConv2d everything by channels: every
+    number comes from the same calls."""
     split_everything(monkeypatch)
+    monkeypatch.setattr(conv, "FLAT_MIN_WIDTH", 1)
     rng = np.random.default_rng(0)
-    x, w, b = rng.standard_normal((3, 4, 9, 9)), rng.standard_normal((5, 4, 3, 3)), np.ones(5)
-    gy = rng.standard_normal((3, 5, 9, 9))
+    x, w = rng.standard_normal((3, 4, 9, 9)), rng.standard_normal((cout, 4 // groups, 3, 3))
+    b, gy = np.ones(cout), rng.standard_normal((3, cout, 9, 9))
     runs = []
     for count in (1, 3):
         ts = [Tensor(a, requires_grad=True) for a in (x, w, b)]
         with threads.limit(count):
-            y = F.atrous_conv2d(*ts, rate=3)
-            assert type(y.creator).__name__ == "TapConv2d"
+            y = F.atrous_conv2d(*ts, rate=3, groups=groups)
+            assert type(y.creator).__name__ == op
             y.backward(gy)
         runs.append([y.numpy()] + [t.grad for t in ts])
     for a, b in zip(*runs):

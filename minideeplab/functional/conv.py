@@ -542,6 +542,98 @@ class DepthwiseConv2d(_Conv):
         return gx, gw, self._bias_grad(gy)
 
 
+# conv2d runs a stride-1 depthwise conv (multiplier 1) as FlatDepthwiseConv2d on cpu when its
+# output rows are at least this long. DepthwiseConv2d's innermost loops run over the channels, a
+# few dozen on the wide maps of the entry flow, FlatDepthwiseConv2d's over a channel's whole map.
+# Time against DepthwiseConv2d's, forward + backward, one thread, batch 4
+# (benchmarks/conv_algorithms.py, benchmarks/README.md): 0.3-0.5x on 129x129 and 65x65 maps with
+# 16-64 channels; on 33x33, 0.7x with 32 channels, 0.9x with 182, 1.0x with 728; 1.2x on 17x17
+# and 1.4x on 9x9 with 182. Below 48 columns the default preset's maps (33x33 and smaller) keep
+# DepthwiseConv2d, and with it their recorded run (FlatDepthwiseConv2d's weight gradient sums in
+# another order), at about 1% of its step.
+FLAT_MIN_WIDTH = 48
+
+
+class FlatDepthwiseConv2d(DepthwiseConv2d):
+    """A stride-1 depthwise conv (multiplier 1) over the zero-padded input laid out flat, channel
+    by channel (NumPy path; the kernel path is DepthwiseConv2d's). Output (h, w) sits at h*Wp + w
+    of rows Wp = W + 2*pw long, and live tap (i, j) reads its input i*dh*Wp + j*dw further on: each
+    tap is one multiply and one add of contiguous slices as long as the map. The last Wp - Wo
+    values of each row are computed and dropped (their gradient is 0). The forward and the input
+    gradient add the same products in the same order as DepthwiseConv2d (a product with padding
+    adds 0); the weight gradient sums each channel's products image by image. Threads
+    (``threads.over``) split the channels: every number is the same on any number of threads."""
+
+    def forward_cpu(self, x, w, b=None):
+        g = self.g
+        self.live = [(t, i * g.dh * self._row() + j * g.dw) for t, _, _ in _taps(g)
+                     for i, j in [divmod(t, g.kw)]]  # (tap, offset)
+        self.w_taps = w.reshape(g.C, g.kh * g.kw)
+        self.xp = np.empty((g.N, g.C, (g.H + 2 * g.ph) * self._row() + (g.kw - 1) * g.dw),
+                           x.dtype)
+        y = np.empty((g.N, g.C, g.Ho, g.Wo), x.dtype)
+        threads.over(lambda cs: self._forward_channels(x, y, cs), g.C, x.size)
+        return self._add_bias(y, b)
+
+    def _row(self):
+        return self.g.W + 2 * self.g.pw
+
+    def _padded(self, a):
+        """The (..., H, W) image inside ``a`` (..., H + 2*ph, Wp) laid out flat: a view."""
+        g = self.g
+        Hp = g.H + 2 * g.ph  # not -1 in the reshape: ambiguous when there are no images
+        rows = a[..., :Hp * self._row()].reshape(*a.shape[:-1], Hp, self._row())
+        return rows[..., g.ph:g.ph + g.H, g.pw:g.pw + g.W]
+
+    def _chunks(self, cs, itemsize):
+        """Slices of the channels ``cs`` whose flat padded maps take about CHUNK_BYTES."""
+        step = max(1, CHUNK_BYTES // (self.xp.shape[2] * itemsize))
+        return [slice(c, min(c + step, cs.stop)) for c in range(cs.start, cs.stop, step)]
+
+    def _forward_channels(self, x, y, cs):
+        """y and self.xp for channels ``cs``."""
+        g, L = self.g, self.g.Ho * self._row()
+        self.xp[:, cs].fill(0)
+        self._padded(self.xp[:, cs])[...] = x[:, cs]
+        for c in self._chunks(cs, x.dtype.itemsize):
+            acc, part = (np.empty((c.stop - c.start, L), x.dtype) for _ in range(2))
+            for n in range(g.N):
+                for k, (t, off) in enumerate(self.live):
+                    np.multiply(self.xp[n, c, off:off + L], self.w_taps[c, t, None],
+                                out=part if k else acc)
+                    if k:
+                        acc += part
+                y[n, c] = acc.reshape(c.stop - c.start, g.Ho, self._row())[..., :g.Wo]
+
+    def backward_cpu(self, gy):
+        g = self.g
+        gx = np.empty((g.N, g.C, g.H, g.W), gy.dtype) if self.needs_grad[0] else None
+        gw = np.zeros_like(self.w_taps) if self.needs_grad[1] else None
+        threads.over(lambda cs: self._backward_channels(gy, gx, gw, cs), g.C, gy.size)
+        gw = None if gw is None else gw.reshape(g.Cout, 1, g.kh, g.kw)
+        return gx, gw, self._bias_grad(gy)
+
+    def _backward_channels(self, gy, gx, gw, cs):
+        """gx and gw of channels ``cs``: gy laid out on the flat rows (0 past Wo), then per tap
+        its product with the weight added onto the input it read, and its dot with that input."""
+        g, L = self.g, self.g.Ho * self._row()
+        for c in self._chunks(cs, gy.dtype.itemsize):
+            gyp = np.zeros((c.stop - c.start, g.Ho, self._row()), gy.dtype)
+            gxp = np.empty((c.stop - c.start, self.xp.shape[2]), gy.dtype)
+            part = np.empty((c.stop - c.start, L), gy.dtype)
+            for n in range(g.N):
+                gyp[..., :g.Wo] = gy[n, c]
+                flat = gyp.reshape(c.stop - c.start, L)
+                gxp.fill(0)
+                for t, off in self.live:
+                    if gx is not None:
+                        gxp[:, off:off + L] += np.multiply(flat, self.w_taps[c, t, None], out=part)
+                    if gw is not None:
+                        gw[c, t] += np.einsum("cp,cp->c", flat, self.xp[n, c, off:off + L])
+                if gx is not None:
+                    gx[n, c] = self._padded(gxp)
+
+
 # The tiles of the fast depthwise kernels (kernels/conv.cu): DW_TW columns, DW_TY thread rows of
 # `rows` outputs each (at most DW_RMAX), a shared window and the weights in at most DW_HALO reals.
 DW_TY = BLOCK // DW_TW
@@ -600,8 +692,9 @@ def _depthwise_launch(dev, kernel, arrays, g, tile, window):
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation, NCHW, w (Cout, Cin/groups, kh, kw); ARCHITECTURE.md s. 9.
-    Depthwise geometries run ``DepthwiseConv2d``; those whose taps see much padding
-    ``TapConv2d`` (on cpu; TAPS_BELOW); all others ``Conv2d``."""
+    Depthwise geometries run ``DepthwiseConv2d`` (on cpu, wide stride-1 ones
+    ``FlatDepthwiseConv2d``: FLAT_MIN_WIDTH); those whose taps see much padding ``TapConv2d``
+    (on cpu; TAPS_BELOW); all others ``Conv2d``."""
     g = _geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding, dilation,
                   groups)
     op = _op_class(g)(g)
@@ -610,7 +703,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
 
 def _op_class(g):
     if _is_depthwise(g):
-        return DepthwiseConv2d
+        flat = g.sh == g.sw == 1 and g.Cout == g.C and g.Wo >= FLAT_MIN_WIDTH
+        return FlatDepthwiseConv2d if flat else DepthwiseConv2d
     if not _is_pointwise(g) and _on_image(g, _taps(g)) < TAPS_BELOW:
         return TapConv2d
     return Conv2d
