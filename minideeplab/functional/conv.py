@@ -11,7 +11,8 @@ one from the geometry, and the named wrappers below are what the models read. Ea
   DeepLabv3 Sec. 3.3 notes, and costs what a 1x1 conv costs). Where the taps that do see the
   image still see much padding (the ASPP's 3x3 convs at rate 6 on a 17x17 map: 42% of im2col's
   multiply-adds are by zeros), ``TapConv2d`` runs one GEMM per tap over just its outputs on the
-  image instead.
+  image instead; and on wide maps a stride-1 depthwise conv runs as ``FlatDepthwiseConv2d``, its
+  taps as multiply-adds of whole maps laid out flat.
 - kernels (``cuda``, ``emu``): ``kernels/conv.cu`` builds the same column matrix (im2col) and
   scatters it back (col2im); the GEMM goes through ``xp.matmul``; depthwise convs run direct
   kernels. 1x1 stride-1 convs are the same GEMM as on the NumPy path.
