@@ -567,8 +567,9 @@ class FlatDepthwiseConv2d(DepthwiseConv2d):
 
     def forward_cpu(self, x, w, b=None):
         g = self.g
-        self.live = [(t, i * g.dh * self._row() + j * g.dw) for t, _, _ in _taps(g)
-                     for i, j in [divmod(t, g.kw)]]  # (tap, offset)
+        # (live tap, where its input starts relative to the output, in the flat padded map)
+        self.tap_offsets = [(t, t // g.kw * g.dh * self._row() + t % g.kw * g.dw)
+                            for t, _, _ in _taps(g)]
         self.w_taps = w.reshape(g.C, g.kh * g.kw)
         self.xp = np.empty((g.N, g.C, (g.H + 2 * g.ph) * self._row() + (g.kw - 1) * g.dw),
                            x.dtype)
@@ -599,7 +600,7 @@ class FlatDepthwiseConv2d(DepthwiseConv2d):
         for c in self._chunks(cs, x.dtype.itemsize):
             acc, part = (np.empty((c.stop - c.start, L), x.dtype) for _ in range(2))
             for n in range(g.N):
-                for k, (t, off) in enumerate(self.live):
+                for k, (t, off) in enumerate(self.tap_offsets):
                     np.multiply(self.xp[n, c, off:off + L], self.w_taps[c, t, None],
                                 out=part if k else acc)
                     if k:
@@ -626,7 +627,7 @@ class FlatDepthwiseConv2d(DepthwiseConv2d):
                 gyp[..., :g.Wo] = gy[n, c]
                 flat = gyp.reshape(c.stop - c.start, L)
                 gxp.fill(0)
-                for t, off in self.live:
+                for t, off in self.tap_offsets:
                     if gx is not None:
                         gxp[:, off:off + L] += np.multiply(flat, self.w_taps[c, t, None], out=part)
                     if gw is not None:
