@@ -385,8 +385,7 @@ class TapConv2d(Conv2d):
 
     def _gemm_size(self):
         """As Conv2d's, over the outputs each live tap has on the image."""
-        g = self.g
-        return int(Conv2d._gemm_size(self) * _on_image(g, self.live))
+        return int(super()._gemm_size() * _on_image(self.g, self.live))
 
 
 class _Buffers:
